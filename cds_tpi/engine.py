@@ -1,0 +1,87 @@
+"""The only module that knows durable-rules.
+
+One Host per process, every call under one lock (durable-rules is not thread-safe), a fresh
+session id per evaluation whose state is deleted in `finally` (live sessions leak ~224 KiB each
+and the engine dies after 1,024 of them), and exceptions raised inside actions - which durable
+swallows into the session state - are read back and raised as EngineError.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from dataclasses import dataclass
+
+from durable import engine as _durable
+
+from .errors import EngineError
+
+RULESET = "tpi"
+_SINK = "__sink__"  # every fact matches its first pattern, so assert_facts never rejects a fact
+
+
+@dataclass(frozen=True)
+class Match:
+    """One firing: the durable rule name and the facts bound to each pattern name."""
+
+    rule: str
+    bindings: dict
+
+
+class Engine:
+    """A compiled ruleset, ready to evaluate fact lists. Build one per process."""
+
+    def __init__(self, definitions: dict[str, dict]):
+        self._lock = threading.Lock()
+        self._sids = itertools.count(1)
+        self._collected: list[Match] | None = None
+        self.rule_names = tuple(definitions)
+        ruleset = {}
+        for name, definition in copy.deepcopy(definitions).items():
+            definition["run"] = self._action(name)
+            ruleset[name] = definition
+        ruleset[_SINK] = {
+            "all": [{"m": {"$ex": {"t": 1}}}, {"n": {"t": "__no_such_fact__"}}],
+            "run": self._action(_SINK),
+        }
+        self._host = _durable.Host()
+        try:
+            self._host.set_rulesets({RULESET: ruleset})
+        except Exception as e:  # the C engine reports bad definitions only by number
+            raise EngineError(f"durable-rules rejected the compiled rules: {e}") from e
+
+    def _action(self, name: str):
+        def run(c):
+            # Called by durable inside assert_facts, i.e. under our lock.
+            bindings = {}
+            for key, fact in c._m.items():
+                bindings[key] = {k: v for k, v in fact.items() if k != "sid"}
+            self._collected.append(Match(name, bindings))
+
+        return run
+
+    def run(self, facts: list[dict]) -> list[Match]:
+        """Every firing for this set of facts. Facts are not modified."""
+        if not facts:
+            return []
+        with self._lock:
+            sid = str(next(self._sids))
+            batch = [dict(f, sid=sid) for f in facts]
+            self._collected = []
+            try:
+                self._host.assert_facts(RULESET, batch)
+                state = self._host.get_state(RULESET, sid)
+                if state and state.get("exception"):
+                    raise EngineError(f"a rule action failed: {state['exception'][:500]}")
+                return self._collected
+            except EngineError:
+                raise
+            except Exception as e:
+                raise EngineError(f"rules engine failed: {type(e).__name__}: {str(e)[:300]}") from e
+            finally:
+                self._collected = None
+                try:
+                    self._host.delete_state(RULESET, sid)
+                except Exception:  # noqa: BLE001 - nothing was stored for this sid
+                    pass

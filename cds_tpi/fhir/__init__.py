@@ -1,0 +1,1 @@
+"""FHIR JSON in: reading documents, validating resources, resolving references."""

@@ -1,0 +1,147 @@
+"""Read one input document: a FHIR Bundle, a single resource, NDJSON, or a CDS Hooks request.
+
+Nothing here validates FHIR; it only finds the resources and says where each one came from
+(`entry[3]`, `prefetch.medications.entry[0]`, `line 7`), so later stages can name it in errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import InputError
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Located:
+    """A resource and where it was found in its document."""
+
+    location: str
+    resource: dict
+    full_url: str | None = None
+
+
+@dataclass
+class Document:
+    """What one input holds, by role."""
+
+    name: str
+    kind: str  # bundle | resource | ndjson | cds-hooks-request
+    resources: list[Located] = field(default_factory=list)
+    draft_orders: list[Located] | None = None
+    request: dict | None = None
+    notes: list[str] = field(default_factory=list)  # data the client said it could not give
+
+    @property
+    def hook(self) -> str | None:
+        return self.request.get("hook") if self.request else None
+
+
+def read_bytes(data: bytes, name: str = "<stdin>", max_bytes: int = DEFAULT_MAX_BYTES) -> Document:
+    """Parse bytes into a Document, or raise InputError with one clear sentence."""
+    if len(data) > max_bytes:
+        raise InputError(f"input is {len(data):,} bytes, over the limit of {max_bytes:,}", name)
+    if not data.strip():
+        raise InputError("input is empty", name)
+    if b"\x00" in data[:8192]:
+        raise InputError("input is binary data, not JSON", name)
+    try:
+        text_ok = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"input is not UTF-8 text (byte {e.start})", name) from None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as first_error:
+        lines = [ln for ln in text_ok.splitlines() if ln.strip()]
+        if len(lines) > 1:
+            return _read_ndjson(lines, name)
+        raise InputError(f"not valid JSON: {first_error}", name) from None
+    return read_object(obj, name)
+
+
+def read_object(obj: Any, name: str = "<input>") -> Document:
+    """Classify an already-parsed JSON value."""
+    if isinstance(obj, list):
+        doc = Document(name, "resource-list")
+        for i, item in enumerate(obj):
+            _collect(item, f"[{i}]", doc.resources)
+        return doc
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", name)
+    if "hook" in obj and "resourceType" not in obj:
+        return _read_hook_request(obj, name)
+    if "resourceType" not in obj:
+        raise InputError("not FHIR: the JSON object has no resourceType (and is not a CDS Hooks request)", name)
+    rt = obj.get("resourceType")
+    if not isinstance(rt, str) or not rt:
+        raise InputError("not FHIR: resourceType is not a string", name)
+    if rt == "Bundle":
+        doc = Document(name, "bundle")
+        _collect(obj, "", doc.resources)
+        return doc
+    doc = Document(name, "resource")
+    _collect(obj, "", doc.resources)
+    return doc
+
+
+def _read_ndjson(lines: list[str], name: str) -> Document:
+    doc = Document(name, "ndjson")
+    for n, line in enumerate(lines, 1):
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise InputError(f"line {n}: not valid JSON ({e})", name) from None
+        if not isinstance(obj, dict) or "resourceType" not in obj:
+            raise InputError(f"line {n}: not a FHIR resource (no resourceType)", name)
+        _collect(obj, f"line {n}", doc.resources)
+    return doc
+
+
+def _collect(obj: Any, where: str, out: list[Located], full_url: str | None = None) -> None:
+    """Append obj (flattening Bundles, recursively) to out."""
+    if not isinstance(obj, dict):
+        out.append(Located(where or "$", {"resourceType": None, "_invalid": obj}, full_url))
+        return
+    if obj.get("resourceType") == "Bundle":
+        entries = obj.get("entry") or []
+        if not isinstance(entries, list):
+            out.append(Located(where or "$", obj, full_url))
+            return
+        for i, entry in enumerate(entries):
+            loc = f"{where}.entry[{i}]" if where else f"entry[{i}]"
+            if not isinstance(entry, dict) or "resource" not in entry:
+                # An entry without a resource (e.g. a DELETE in a transaction) carries no data.
+                continue
+            fu = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+            _collect(entry["resource"], loc, out, fu)
+        return
+    out.append(Located(where or "$", obj, full_url))
+
+
+def _read_hook_request(obj: dict, name: str) -> Document:
+    doc = Document(name, "cds-hooks-request", request=obj)
+    context = obj.get("context")
+    if not isinstance(context, dict):
+        raise InputError("CDS Hooks request: context must be an object", name)
+    prefetch = obj.get("prefetch") or {}
+    if not isinstance(prefetch, dict):
+        raise InputError("CDS Hooks request: prefetch must be an object", name)
+    for key, value in prefetch.items():
+        if value is None:
+            continue  # null = the client looked and there is no data
+        if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+            doc.notes.append(f"prefetch '{key}': the EHR could not provide it (OperationOutcome)")
+            continue
+        _collect(value, f"prefetch.{key}", doc.resources)
+    drafts = context.get("draftOrders")
+    if drafts is not None:
+        doc.draft_orders = []
+        _collect(drafts, "context.draftOrders", doc.draft_orders)
+    appointments = context.get("appointments")
+    if appointments is not None:
+        _collect(appointments, "context.appointments", doc.resources)
+    return doc

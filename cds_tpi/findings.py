@@ -1,0 +1,76 @@
+"""Engine matches -> findings: one per rule, with every fact each pattern matched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .engine import Match
+from .ruleset.compile import resolve_value, split_name
+from .ruleset.model import SEVERITY, Rule
+from . import templates
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule that holds for this patient and order, with what made it hold."""
+
+    rule: Rule
+    indicator: str
+    bindings: dict          # pattern name -> [facts], distinct, in fact order
+    notes: tuple[str, ...]  # rendered notes of the alternatives that fired
+    alternatives: tuple[int, ...]
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule.id
+
+
+def _distinct(facts: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for f in sorted(facts, key=lambda f: f.get("fid", 0)):
+        if f.get("fid") not in seen:
+            seen.add(f.get("fid"))
+            out.append(f)
+    return out
+
+
+def collect(matches: list[Match], rules: list[Rule]) -> list[Finding]:
+    """Group firings by rule; drop alternatives whose min_count is not reached."""
+    by_rule: dict[str, dict[int, list[dict]]] = {}
+    for m in matches:
+        rule_id, alt = split_name(m.rule)
+        by_rule.setdefault(rule_id, {}).setdefault(alt, []).append(m.bindings)
+    findings = []
+    for rule in rules:
+        alts = by_rule.get(rule.id)
+        if not alts:
+            continue
+        merged: dict[str, list[dict]] = {}
+        fired, notes, indicator = [], [], None
+        for alt in rule.alternatives:
+            combos = alts.get(alt.index)
+            if not combos:
+                continue
+            bound: dict[str, list[dict]] = {}
+            for combo in combos:
+                for name, fact in combo.items():
+                    bound.setdefault(name, []).append(fact)
+            bound = {k: _distinct(v) for k, v in bound.items()}
+            if any(p.min_count is not None and len({f.get("ref") or f["fid"] for f in bound.get(p.name, [])}) < resolve_value(p.min_count, rule)
+                   for p in alt.patterns):
+                continue
+            fired.append(alt.index)
+            alt_indicator = alt.indicator or rule.indicator
+            if indicator is None or SEVERITY[alt_indicator] > SEVERITY[indicator]:
+                indicator = alt_indicator
+            for name, facts in bound.items():
+                merged[name] = _distinct(merged.get(name, []) + facts)
+            if alt.note:
+                ctx = {p.name: [] for a in rule.alternatives for p in a.patterns}
+                ctx.update(bound, params=rule.params, rule={"id": rule.id, "title": rule.title})
+                note = templates.render(alt.note, ctx)
+                if note and note not in notes:
+                    notes.append(note)
+        if fired:
+            findings.append(Finding(rule, indicator, merged, tuple(notes), tuple(fired)))
+    return findings

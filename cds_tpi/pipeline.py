@@ -1,0 +1,141 @@
+"""The whole evaluation, in order: document -> valid resources -> facts -> engine -> findings -> cards.
+
+`Evaluator` is what both front doors (CLI and HTTP service) use. Build one per process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .cards import cards_for
+from .engine import Engine
+from .facts import FactBuilder, Inputs, _codeable
+from .findings import Finding, collect
+from .fhir.read import Document, read_object
+from .fhir.refs import ref_key
+from .fhir.validate import validate_resource
+from .ruleset import RuleBook, load_rulebook
+from .ruleset.compile import compile_rules
+
+# Resource types the facts stage reads; anything else in a record is ignored (not validated).
+READ_TYPES = frozenset({
+    "Patient", "MedicationRequest", "MedicationStatement", "MedicationAdministration", "Medication",
+    "Condition", "AllergyIntolerance", "Observation", "Procedure", "ServiceRequest", "Appointment",
+})
+
+
+@dataclass
+class Evaluation:
+    """The result of one evaluation."""
+
+    response: dict
+    findings: list[Finding]
+    facts: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def cards(self) -> list[dict]:
+        return self.response["cards"]
+
+    @property
+    def rule_ids(self) -> list[str]:
+        return [c["source"]["topic"]["code"] for c in self.cards]
+
+
+class Evaluator:
+    """Rules compiled once; evaluates documents, CDS Hooks requests or resource lists."""
+
+    def __init__(self, book: RuleBook, fhir_version: str = "R4"):
+        if fhir_version not in ("R4", "R5"):
+            raise ValueError(f"unknown FHIR version {fhir_version!r} (use R4 or R5)")
+        self.book = book
+        self.fhir_version = fhir_version
+        self.engine = Engine(compile_rules(book.rules, book.terminology))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, rules_dir: Path | str | None = None, fhir_version: str = "R4") -> "Evaluator":
+        """Load, check and compile a rules directory (default: the repository's rules/)."""
+        return cls(load_rulebook(Path(rules_dir) if rules_dir else None), fhir_version)
+
+    @property
+    def rules(self):
+        return self.book.rules
+
+    def _builder(self, now: datetime | None) -> FactBuilder:
+        return FactBuilder(self.book.terminology, self.book.records, now)
+
+    def is_tpi_order(self, resources: list[dict]) -> bool:
+        """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
+        fb = self._builder(None)
+        return any(isinstance(r, dict) and fb.is_tpi(r) for r in resources)
+
+    def _relevant(self, r: dict) -> bool:
+        rt = r.get("resourceType")
+        if rt not in READ_TYPES:
+            return False
+        if rt == "Observation":  # only observations some value set knows are read; skip the rest unvalidated
+            codes, _ = _codeable(r.get("code"))
+            return bool(self.book.terminology.match(codes, []).by_code)
+        return True
+
+    def _accept(self, located, skipped: list[str], gaps: list) -> dict | None:
+        r = located.resource
+        if not isinstance(r, dict) or not isinstance(r.get("resourceType"), str):
+            skipped.append(f"{located.location}: not a FHIR resource")
+            gaps.append((located.location, f"a record at {located.location} that is not a FHIR resource"))
+            return None
+        if not self._relevant(r):
+            return None
+        issues = validate_resource(r, self.fhir_version)
+        if issues:
+            name = ref_key(r) or r.get("resourceType")
+            skipped.append(f"{located.location} {name}: {issues[0]}" + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""))
+            gaps.append((name, f"{name} (at {located.location}) was skipped: invalid FHIR {self.fhir_version}, {issues[0]}"))
+            return None
+        return r
+
+    def evaluate_document(self, doc: Document, *, gaps=(), now: datetime | None = None) -> Evaluation:
+        """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
+        started = time.perf_counter()
+        skipped: list[str] = []
+        gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
+        inputs = Inputs(record=[], drafts=None if doc.draft_orders is None else [], gaps=gap_list)
+        for loc in doc.resources:
+            r = self._accept(loc, skipped, gap_list)
+            if r is not None:
+                inputs.record.append(r)
+                if loc.full_url:
+                    inputs.full_urls[id(r)] = loc.full_url
+        for loc in doc.draft_orders or []:
+            r = self._accept(loc, skipped, gap_list)
+            if r is not None:
+                inputs.drafts.append(r)
+                if loc.full_url:
+                    inputs.full_urls[id(r)] = loc.full_url
+        builder = self._builder(now)
+        facts = builder.build(inputs)
+        matches = self.engine.run(facts)
+        findings = collect(matches, self.book.rules)
+        drafts = {ref_key(r): r for r in (inputs.drafts if inputs.drafts is not None else
+                                           [r for r in inputs.record if r.get("status") == "draft"]) if ref_key(r)}
+        patient = next((f for f in facts if f["t"] == "patient"), None)
+        cards = cards_for(findings, drafts, patient)
+        return Evaluation({"cards": cards}, findings, facts, skipped, time.perf_counter() - started)
+
+    def evaluate_request(self, request: dict, *, gaps=(), now: datetime | None = None) -> Evaluation:
+        """Evaluate a CDS Hooks request whose prefetch holds the data (missing keys already fetched)."""
+        return self.evaluate_document(read_object(request, "request"), gaps=gaps, now=now)
+
+    def evaluate_resources(self, resources: list[dict], *, draft_orders: list[dict] | None = None,
+                           gaps=(), now: datetime | None = None) -> Evaluation:
+        """Evaluate a list of resources (and draft orders, if any)."""
+        doc = read_object(resources, "resources")
+        if draft_orders is not None:
+            doc.draft_orders = read_object(draft_orders, "draftOrders").resources
+        return self.evaluate_document(doc, gaps=gaps, now=now)

@@ -1,0 +1,123 @@
+"""Compile rules to durable-rules ruleset definitions (plain JSON-able dicts; the engine adds actions).
+
+Grammar mapping (rules/README.md has the user view):
+  field: v / {eq: v}   -> {field: v}            {ne: v} -> {"$neq": {field: v}}
+  {lt|lte|gt|gte: v}   -> {"$lt": {field: v}}    {in: [a, b]} -> {"$or": [{field: a}, {field: b}]}
+  {any: [a, b]}        -> array field holds a or b   {all: [a, b]} -> holds both   {none: [a]} -> holds neither
+  {exists: true/false} -> {"$ex"/"$nex": {field: 1}}
+  values: literal | {param: p} (inlined at compile time) | {ref: pattern.field} | {mul: [x, y]}
+  absent: true         -> the pattern is negated (durable "$not")
+"""
+
+from __future__ import annotations
+
+from ..errors import RuleError
+from .model import Pattern, Rule
+
+_CMP = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
+
+
+def durable_name(rule_id: str, alt_index: int) -> str:
+    return f"{rule_id}#{alt_index}"
+
+
+def split_name(name: str) -> tuple[str, int]:
+    rule_id, _, idx = name.rpartition("#")
+    return rule_id, int(idx)
+
+
+def compile_rules(rules: list[Rule], terminology) -> dict[str, dict]:
+    """{durable rule name: definition}; params are inlined, value set names resolved to ids."""
+    out: dict[str, dict] = {}
+    for rule in rules:
+        for alt in rule.alternatives:
+            conds = []
+            for p in alt.patterns:
+                key = f"{p.name}$not" if p.absent else p.name
+                conds.append({key: _pattern(p, rule, terminology)})
+            out[durable_name(rule.id, alt.index)] = {"all": conds}
+    return out
+
+
+def resolve_value(value, rule: Rule):
+    """A compile-time value: literal or param (refs and arithmetic stay symbolic)."""
+    if isinstance(value, dict) and "param" in value:
+        return rule.params[value["param"]]
+    return value
+
+
+def _pattern(p: Pattern, rule: Rule, terminology) -> dict:
+    terms = [{"t": p.fact}]
+    if p.where:
+        terms += _where(p.where, rule, terminology)
+    return terms[0] if len(terms) == 1 else {"$and": terms}
+
+
+def _where(where: dict, rule: Rule, terminology) -> list[dict]:
+    terms: list[dict] = []
+    for field, cond in where.items():
+        if field == "or":
+            alts = []
+            for sub in cond:
+                sub_terms = _where(sub, rule, terminology)
+                alts.append(sub_terms[0] if len(sub_terms) == 1 else {"$and": sub_terms})
+            terms.append({"$or": alts})
+            continue
+        ops = as_ops(cond)
+        for op, value in ops.items():
+            terms.append(_term(field, op, value, rule, terminology))
+    return terms
+
+
+def as_ops(cond) -> dict:
+    """A condition as {op: value}: a bare value (literal, param, ref, mul) means eq."""
+    if isinstance(cond, dict) and not (set(cond) & {"param", "ref", "mul"}):
+        return cond
+    return {"eq": cond}
+
+
+def _vs(name, terminology) -> str:
+    vid = terminology.resolve(name) if terminology else None
+    if vid is None:
+        raise RuleError(f"unknown value set '{name}'")
+    return vid
+
+
+def _term(field: str, op: str, value, rule: Rule, terminology) -> dict:
+    if op == "exists":
+        return {"$ex" if value else "$nex": {field: 1}}
+    if op == "in":
+        return {"$or": [{field: v} for v in value]} if len(value) > 1 else {field: value[0]}
+    if op in ("any", "all", "none"):
+        ids = [_vs(v, terminology) for v in value] if field in ("vs", "text_only", "used_vs") else list(value)
+        if op == "all":
+            terms = [{"$iany": {field: {"$i": v}}} for v in ids]
+            return terms[0] if len(terms) == 1 else {"$and": terms}
+        if op == "any":
+            inner = {"$or": [{"$i": v} for v in ids]} if len(ids) > 1 else {"$i": ids[0]}
+            return {"$iany": {field: inner}}
+        inner = {"$and": [{"$neq": {"$i": v}} for v in ids]} if len(ids) > 1 else {"$neq": {"$i": ids[0]}}
+        return {"$iall": {field: inner}}
+    expr = _expr(value, rule)
+    if field == "region" and isinstance(expr, str):
+        expr = _vs(expr, terminology) if expr != "unknown" else expr
+    if op == "eq":
+        return {field: expr}
+    if op in _CMP:
+        return {_CMP[op]: {field: expr}}
+    raise RuleError(f"rule {rule.id}: unknown operator '{op}'")
+
+
+def _expr(value, rule: Rule):
+    if isinstance(value, dict):
+        if "param" in value:
+            return rule.params[value["param"]]
+        if "ref" in value:
+            pat, _, fld = value["ref"].partition(".")
+            return {pat: fld}
+        if "mul" in value:
+            left, right = (_expr(v, rule) for v in value["mul"])
+            if not isinstance(left, dict) and isinstance(right, dict):
+                left, right = right, left
+            return {"$mul": {"$l": left, "$r": right}}
+    return value

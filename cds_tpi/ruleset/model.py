@@ -1,0 +1,48 @@
+"""The rule object model: what a loaded, checked rule file is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITY = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One fact pattern of an alternative, named so cards can refer to what it matched."""
+
+    name: str
+    fact: str
+    where: dict = field(default_factory=dict)
+    absent: bool = False
+    min_count: Any = None
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One way a rule can fire: all patterns hold at once."""
+
+    index: int
+    patterns: tuple[Pattern, ...]
+    indicator: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A clinical rule as written in rules/<id>.yaml."""
+
+    id: str
+    title: str
+    indicator: str
+    alternatives: tuple[Alternative, ...]
+    card: dict
+    sources: tuple[dict, ...]
+    params: dict = field(default_factory=dict)
+    description: str = ""
+    policy: str = ""
+    path: str = ""
+
+    def param(self, name: str):
+        return self.params[name]

@@ -1,0 +1,324 @@
+"""The ASGI app: `create_app(config) -> Starlette`. The request path, in order:
+
+    CatchAll (any unexpected exception -> 500 OperationOutcome, logged without PHI)
+    -> CORS (browser clients such as the CDS Hooks Sandbox; answers preflights)
+    -> route: /health, /openapi.json, GET /cds-services, POST /cds-services/{id}[/feedback]
+       -> find the service (404) -> JWT (401) -> read the body within the limit (413)
+       -> validate the CDS Hooks request (400) -> gate (is it a TPI?) -> complete the prefetch
+          from fhirServer (412) -> engine -> cards
+    -> after the response: the audit row (a failure is logged and counted, never blocks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import orjson
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cds_tpi import __version__
+from cds_tpi.errors import InputError
+from cds_tpi.service.auth import JtiStore, JwtVerifier
+from cds_tpi.service.config import ServiceConfig
+from cds_tpi.service.discovery import discovery_document
+from cds_tpi.service.feedback import parse_feedback
+from cds_tpi.service.hooks import find_service, parse_call, should_evaluate
+from cds_tpi.service.openapi import openapi_document
+from cds_tpi.service.outcomes import HttpError, operation_outcome
+from cds_tpi.service.prefetch import complete_prefetch, new_client
+from cds_tpi.service.storage import AuditRecord, Storage, redact_url
+
+log = logging.getLogger("cds_tpi.service")
+
+
+class Evaluation(Protocol):
+    response: dict
+    findings: list
+    cards: list[dict]
+
+
+class Evaluator(Protocol):
+    """What the service needs of `cds_tpi.pipeline.Evaluator` (not thread-safe: called synchronously)."""
+
+    def is_tpi_order(self, resources: list[dict]) -> bool: ...
+
+    def evaluate_request(self, request: dict, *, gaps: list[str] = ..., now: Any = ...) -> Evaluation: ...
+
+
+class JSONResponse(Response):
+    """application/json rendered with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+@dataclass
+class ServiceState:
+    """Per-process state built in the lifespan (one engine per uvicorn worker)."""
+
+    config: ServiceConfig
+    evaluator: Evaluator
+    storage: Storage
+    verifier: JwtVerifier | None
+    http: Any  # httpx.AsyncClient for FHIR fallback fetches
+    counters: dict[str, int] = field(default_factory=lambda: {"audit_failures": 0, "calls": 0})
+
+
+def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, storage: Storage | None = None) -> Starlette:
+    """Build the service app. `evaluator` / `storage` default to the real engine and the configured database."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = storage or Storage(config.database_url)
+        await run_in_threadpool(store.create_schema)
+        engine = evaluator or _load_evaluator(config)
+        verifier = JwtVerifier(config, JtiStore(store.claim_jti)) if config.auth_enabled else None
+        if verifier is None:
+            log.warning("!!! NO JWT ISSUERS CONFIGURED: the CDS service accepts calls from anyone "
+                        "who can reach %s:%s. Configure 'issuers' for production. !!!", config.host, config.port)
+        async with new_client(config) as http:
+            app.state.service = ServiceState(config, engine, store, verifier, http)
+            log.info("cds-tpi service ready (database %s, auth %s)", redact_url(config.database_url),
+                     "JWT" if verifier else "OFF")
+            try:
+                yield
+            finally:
+                if storage is None:
+                    store.dispose()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/cds-services", discovery, methods=["GET"]),
+        Route("/cds-services/{service_id}", call_service, methods=["POST"]),
+        Route("/cds-services/{service_id}/feedback", call_feedback, methods=["POST"]),
+    ]
+    middleware = [
+        Middleware(CatchAll),
+        Middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST", "OPTIONS"],
+                   allow_headers=["Authorization", "Content-Type"], max_age=600),
+    ]
+    _quiet_http_client_logs()
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_exception, HttpError: _http_error})
+
+
+def app_from_environment() -> Starlette:
+    """uvicorn factory for worker processes: the config comes from CDS_TPI_SERVICE_CONFIG (JSON),
+    set by `cds-tpi serve`."""
+    import os
+
+    return create_app(ServiceConfig.from_json(os.environ["CDS_TPI_SERVICE_CONFIG"]))
+
+
+def _load_evaluator(config: ServiceConfig) -> Evaluator:
+    from cds_tpi.pipeline import Evaluator as RealEvaluator  # noqa: PLC0415 - heavy; loaded once per worker
+
+    return RealEvaluator.load(rules_dir=config.rules_dir)
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+async def health(request: Request) -> Response:
+    """Liveness: the engine is loaded; reports auth mode and audit write failures."""
+    st = _state(request)
+    return JSONResponse({"status": "ok", "version": __version__, "auth": "jwt" if st.verifier else "off",
+                         "auditFailures": st.counters["audit_failures"]})
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI 3.1 document of these endpoints."""
+    return JSONResponse(openapi_document())
+
+
+async def discovery(request: Request) -> Response:
+    """GET /cds-services."""
+    await _authenticate(request)
+    return JSONResponse(discovery_document())
+
+
+async def call_service(request: Request) -> Response:
+    """POST /cds-services/{id}: validate, gate, complete the prefetch, evaluate, answer cards."""
+    st = _state(request)
+    start = time.perf_counter()
+    service = find_service(request.path_params["service_id"])  # unknown: 404, not audited
+    hook_instance = None
+    status, outcome, evaluation = 500, "error", None
+    try:
+        await _authenticate(request)
+        call = parse_call(service, await _read_body(request, st.config.max_body_bytes))
+        hook_instance = call.hook_instance
+        if not should_evaluate(call, st.evaluator):
+            status, outcome, body = 200, "not-applicable", {"cards": []}
+        else:
+            prefetched = await complete_prefetch(call, st.http, st.config)
+            try:
+                evaluation = st.evaluator.evaluate_request({**call.request, "prefetch": prefetched.prefetch},
+                                                           gaps=list(prefetched.gaps))
+            except InputError as e:
+                raise HttpError(400, e.message, e.location) from None
+            status, outcome, body = 200, "evaluated", evaluation.response
+        response = JSONResponse(body)
+    except HttpError as e:
+        status, outcome = e.status, ("precondition-failed" if e.status == 412 else "rejected")
+        response = _error_response(e)
+    except Exception as e:  # an engine or service bug: answer and audit it, log without PHI
+        _log_unexpected(e, request.method, request.url.path)
+        response = JSONResponse(operation_outcome(500, [INTERNAL_ERROR]), status_code=500)
+    finally:
+        duration_ms = (time.perf_counter() - start) * 1000.0
+        record = AuditRecord(
+            at=datetime.now(timezone.utc), service=service.id, hook_instance=hook_instance, status=status,
+            outcome=outcome, duration_ms=round(duration_ms, 3),
+            rule_ids=tuple(dict.fromkeys(str(f.rule_id) for f in evaluation.findings)) if evaluation else (),
+            cards=tuple(_card_audit(c) for c in evaluation.cards) if evaluation else (),
+        )
+        st.counters["calls"] += 1
+        log.info("call service=%s hookInstance=%s status=%s outcome=%s cards=%d %.1fms", service.id, hook_instance,
+                 status, outcome, len(record.cards), duration_ms)
+    response.background = BackgroundTask(_write_audit, st, record)
+    return response
+
+
+async def call_feedback(request: Request) -> Response:
+    """POST /cds-services/{id}/feedback: store idempotently; 503 when the database cannot."""
+    st = _state(request)
+    service = find_service(request.path_params["service_id"])
+    await _authenticate(request)
+    items = parse_feedback(await _read_body(request, st.config.max_body_bytes))
+    try:
+        added = await run_in_threadpool(st.storage.store_feedback, service.id, items)
+    except Exception as e:
+        log.error("feedback not stored: database error %s", type(e).__name__)
+        raise HttpError(503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}) from None
+    log.info("feedback service=%s entries=%d new=%d", service.id, len(items), added)
+    return JSONResponse({"received": len(items), "stored": added, "duplicates": len(items) - added})
+
+
+# --- request steps -------------------------------------------------------------------------------
+
+async def _authenticate(request: Request) -> None:
+    st = _state(request)
+    if st.verifier is None:
+        return
+    base = st.config.public_base_url.rstrip("/") if st.config.public_base_url else \
+        f"{request.url.scheme}://{request.url.netloc}"
+    await st.verifier.verify(request.headers.get("authorization"), base + request.url.path)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` (header or stream)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HttpError(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise HttpError(413, f"request body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HttpError(413, f"request body larger than {limit} bytes")
+    return bytes(body)
+
+
+def _card_audit(card: dict) -> tuple[str, str | None, str]:
+    topic = (card.get("source") or {}).get("topic") or {}
+    return str(card.get("uuid", "")), topic.get("code"), str(card.get("indicator", ""))
+
+
+def _write_audit(st: ServiceState, record: AuditRecord) -> None:
+    try:
+        st.storage.write_audit(record)
+    except Exception as e:  # never let the audit block or break the clinical answer
+        st.counters["audit_failures"] += 1
+        log.error("audit row not written (service=%s hookInstance=%s): %s; %d failures so far",
+                  record.service, record.hook_instance, type(e).__name__, st.counters["audit_failures"])
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def _error_response(e: HttpError) -> Response:
+    return JSONResponse(e.outcome(), status_code=e.status, headers=e.headers)
+
+
+async def _http_error(request: Request, e: Exception) -> Response:
+    assert isinstance(e, HttpError)
+    if e.status >= 500:
+        log.warning("%s %s -> %s", request.method, request.url.path, e.status)
+    return _error_response(e)
+
+
+async def _http_exception(request: Request, e: Exception) -> Response:
+    assert isinstance(e, HTTPException)
+    return JSONResponse(operation_outcome(e.status_code, [str(e.detail)]), status_code=e.status_code,
+                        headers=dict(e.headers or {}))
+
+
+class CatchAll:
+    """Outermost guard: an unexpected exception becomes a 500 OperationOutcome. The log names the
+    exception type and where it was raised, never its message (it may quote patient data)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as e:
+            _log_unexpected(e, scope.get("method"), scope.get("path"))
+            if started:
+                return
+            body = orjson.dumps(operation_outcome(500, [INTERNAL_ERROR]))
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+INTERNAL_ERROR = "internal error; the server log has the details"
+
+
+def _log_unexpected(e: BaseException, method: Any, path: Any) -> None:
+    """Log type and the raising frames (file:line), not the message: it may quote patient data."""
+    frames = traceback.extract_tb(e.__traceback__)[-3:]
+    where = " <- ".join(f"{f.filename}:{f.lineno}" for f in reversed(frames)) or "?"
+    log.error("unexpected %s at %s on %s %s", type(e).__name__, where, method, path)
+
+
+def _quiet_http_client_logs() -> None:
+    # httpx logs every request URL at INFO: our FHIR URLs carry the patient id
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

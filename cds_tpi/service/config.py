@@ -1,0 +1,135 @@
+"""Service configuration: a frozen dataclass read from a YAML or TOML file plus CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from cds_tpi.errors import InputError
+
+DEFAULT_DATABASE_URL = "sqlite:///cds-tpi.sqlite3"
+ALLOWED_JWT_ALGORITHMS = ("ES384", "RS384", "ES256", "RS256")
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """A trusted JWT issuer (`iss`) and where its public keys are: a JWKS URL or a JWKS file."""
+
+    iss: str
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.iss:
+            raise InputError("issuer without 'iss'", "issuers")
+        if bool(self.jwks_url) == bool(self.jwks_file):
+            raise InputError(f"issuer {self.iss!r}: give exactly one of jwks_url, jwks_file", "issuers")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the HTTP service needs; passed in, never read from the environment at import."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    database_url: str = DEFAULT_DATABASE_URL
+    issuers: tuple[Issuer, ...] = ()
+    allow_unauthenticated: bool = False
+    # The external base URL (scheme://host[:port][/prefix]) clients call; the JWT `aud` must equal
+    # it plus the path. Unset = taken from the request (fine on loopback, set it behind a proxy).
+    public_base_url: str | None = None
+    max_body_bytes: int = 5 * 1024 * 1024
+    fhir_connect_timeout: float = 1.0
+    fhir_read_timeout: float = 2.0
+    fhir_total_timeout: float = 3.0  # budget for all FHIR fallback fetches of one call
+    fhir_max_pages: int = 10  # searchset pages followed per prefetch key
+    allowed_origins: tuple[str, ...] = ("*",)
+    jwt_leeway_seconds: int = 30
+    jwt_max_lifetime_seconds: int = 3600  # bounds the jti replay store
+    jwks_cache_seconds: int = 300
+    rules_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes <= 0:
+            raise InputError("must be > 0", "max_body_bytes")
+        if self.workers < 1:
+            raise InputError("must be >= 1", "workers")
+        if self.fhir_max_pages < 1:
+            raise InputError("must be >= 1", "fhir_max_pages")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """JWT checking is on when at least one issuer is configured."""
+        return bool(self.issuers)
+
+    def to_json(self) -> bytes:
+        """Serialise (for handing the config to uvicorn worker processes)."""
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ServiceConfig:
+        """Inverse of `to_json`."""
+        return from_mapping(orjson.loads(data))
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def from_mapping(data: dict[str, Any], location: str = "config") -> ServiceConfig:
+    """Build a config from a plain mapping; unknown keys are an error naming the key."""
+    if not isinstance(data, dict):
+        raise InputError("config must be a mapping", location)
+    names = {f.name for f in dataclasses.fields(ServiceConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"unknown config key(s): {', '.join(unknown)}", location)
+    values = dict(data)
+    if "issuers" in values:
+        raw = values["issuers"] or []
+        if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
+            raise InputError("issuers must be a list of mappings", location)
+        try:
+            values["issuers"] = tuple(Issuer(**i) for i in raw)
+        except TypeError as e:
+            raise InputError(f"issuers: {e}", location) from e
+    if "allowed_origins" in values:
+        values["allowed_origins"] = tuple(values["allowed_origins"] or ())
+    try:
+        return ServiceConfig(**values)
+    except TypeError as e:
+        raise InputError(str(e), location) from e
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ServiceConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file, then apply non-None overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
+        except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+            raise InputError(f"cannot read config: {e}", str(p)) from e
+        if not isinstance(data, dict):
+            raise InputError("config must be a mapping", str(p))
+        # relative JWKS files are relative to the config file
+        for issuer in data.get("issuers") or []:
+            if isinstance(issuer, dict) and issuer.get("jwks_file"):
+                issuer["jwks_file"] = str((p.parent / issuer["jwks_file"]).resolve())
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(data, str(path) if path else "config")

@@ -1,0 +1,173 @@
+"""The OpenAPI 3.1 document of the service, written by hand to match hooks.py / feedback.py exactly
+(a fuzzer runs against it, so every constraint the validators enforce is stated here)."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+from cds_tpi import __version__
+from cds_tpi.service.discovery import SERVICES
+from cds_tpi.service.feedback import MAX_ITEMS, OUTCOMES
+
+_NONBLANK = {"type": "string", "pattern": r"\S"}
+_UUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _bundle() -> dict:
+    return {"type": "object", "required": ["resourceType"],
+            "properties": {"resourceType": {"const": "Bundle"}, "entry": {"type": "array", "items": {"type": "object"}}}}
+
+
+_HOOK_CONTEXT = {
+    "order-select": {"selections": {"type": "array", "items": _NONBLANK}, "draftOrders": _bundle()},
+    "order-sign": {"draftOrders": _bundle()},
+    "appointment-book": {"appointments": _bundle()},
+    "patient-view": {},
+}
+
+
+def _request_schema(hook: str) -> dict:
+    extra = _HOOK_CONTEXT[hook]
+    return {
+        "type": "object",
+        "required": ["hook", "hookInstance", "context"],
+        "properties": {
+            "hook": {"const": hook},
+            "hookInstance": _UUID,
+            "context": {
+                "type": "object",
+                "required": ["userId", "patientId", *extra],
+                "properties": {
+                    "userId": _NONBLANK,
+                    "patientId": {"type": "string", "pattern": r"^[A-Za-z0-9\-.]{1,64}$"},
+                    "encounterId": {"type": ["string", "null"], "pattern": r"\S"},
+                    **extra,
+                },
+            },
+            "fhirServer": {"type": ["string", "null"], "pattern": r"^https?://[^/?#\s@:]+(:[0-9]{1,5})?(/\S*)?$"},
+            "fhirAuthorization": {"oneOf": [{"type": "null"}, _ref("FhirAuthorization")]},
+            "prefetch": {"type": ["object", "null"], "additionalProperties": {
+                "type": ["object", "null"], "required": ["resourceType"],
+                "properties": {"resourceType": {"type": "string"}}}},
+        },
+        "dependentRequired": {"fhirAuthorization": ["fhirServer"]},
+    }
+
+
+_ERRORS = {
+    "400": "Malformed JSON or a missing / wrong field (named in the OperationOutcome)",
+    "401": "JWT missing or rejected (the reason is in the OperationOutcome)",
+    "404": "Unknown service",
+    "413": "Body over the configured limit",
+    "503": "A dependency (database, issuer keys) is unavailable",
+}
+
+
+def _responses(codes: list[str], ok: dict) -> dict:
+    out = {"200": ok}
+    for code in codes:
+        description = _ERRORS.get(code) or {
+            "412": "Required prefetch data was neither sent nor fetchable from fhirServer",
+            "500": "Internal error",
+        }[code]
+        out[code] = {"description": description, "content": {_JSON: {"schema": _ref("OperationOutcome")}}}
+    return out
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict:
+    security = [{"cdsHooksJwt": []}]
+    paths: dict = {
+        "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
+                            "responses": {"200": {"description": "Up", "content": {_JSON: {"schema": {"type": "object"}}}}}}},
+        "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
+                                  "responses": {"200": {"description": "OpenAPI 3.1",
+                                                        "content": {_JSON: {"schema": {"type": "object"}}}}}}},
+        "/cds-services": {"get": {
+            "operationId": "discovery", "summary": "CDS Hooks discovery", "security": security,
+            "responses": _responses(["401", "503"], {"description": "The services",
+                                                     "content": {_JSON: {"schema": _ref("Discovery")}}}),
+        }},
+    }
+    for service in SERVICES.values():
+        op = service.id.replace("-", "_")
+        paths[f"/cds-services/{service.id}"] = {"post": {
+            "operationId": op, "summary": service.title, "description": service.description, "security": security,
+            "requestBody": {"required": True, "content": {_JSON: {"schema": _request_schema(service.hook)}}},
+            "responses": _responses(["400", "401", "412", "413", "500", "503"],
+                                    {"description": "Cards", "content": {_JSON: {"schema": _ref("CdsResponse")}}}),
+        }}
+        paths[f"/cds-services/{service.id}/feedback"] = {"post": {
+            "operationId": f"{op}_feedback", "summary": f"Feedback on {service.id} cards", "security": security,
+            "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Feedback")}}},
+            "responses": _responses(["400", "401", "413", "503"],
+                                    {"description": "Stored (idempotent)",
+                                     "content": {_JSON: {"schema": _ref("FeedbackReceipt")}}}),
+        }}
+    coding = {"type": "object", "required": ["system", "code"],
+              "properties": {"system": {**_NONBLANK, "maxLength": 256}, "code": {**_NONBLANK, "maxLength": 128},
+                             "display": {"type": ["string", "null"], "pattern": r"\S", "maxLength": 512}}}
+    schemas = {
+        "FhirAuthorization": {
+            "type": "object", "required": ["access_token", "token_type", "expires_in", "scope", "subject"],
+            "properties": {"access_token": _NONBLANK, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
+                           "expires_in": {"type": "number"}, "scope": _NONBLANK, "subject": _NONBLANK,
+                           "patient": {"type": "string"}},
+        },
+        "Discovery": {"type": "object", "required": ["services"], "properties": {"services": {"type": "array", "items": {
+            "type": "object", "required": ["hook", "description", "id"],
+            "properties": {"hook": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
+                           "id": {"type": "string"}, "prefetch": {"type": "object", "additionalProperties": {"type": "string"}},
+                           "usageRequirements": {"type": "string"}}}}}},
+        "CdsResponse": {"type": "object", "required": ["cards"], "properties": {
+            "cards": {"type": "array", "items": _ref("Card")}, "systemActions": {"type": "array", "items": {"type": "object"}}}},
+        "Card": {"type": "object", "required": ["uuid", "summary", "indicator", "source"], "properties": {
+            "uuid": {"type": "string"}, "summary": {"type": "string", "maxLength": 140}, "detail": {"type": "string"},
+            "indicator": {"enum": ["info", "warning", "critical"]},
+            "source": {"type": "object", "required": ["label"], "properties": {
+                "label": {"type": "string"}, "url": {"type": "string"}, "icon": {"type": "string"},
+                "topic": {"type": "object", "required": ["code"], "properties": {"system": {"type": "string"}, "code": {"type": "string"}}}}},
+            "suggestions": {"type": "array", "items": {"type": "object", "required": ["label"]}},
+            "selectionBehavior": {"enum": ["at-most-one", "any"]},
+            "overrideReasons": {"type": "array", "items": {"type": "object", "required": ["code"]}},
+            "links": {"type": "array", "items": {"type": "object", "required": ["label", "url", "type"]}}}},
+        "Feedback": {"type": "object", "required": ["feedback"], "properties": {"feedback": {
+            "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": {
+                "type": "object", "required": ["card", "outcome", "outcomeTimestamp"], "properties": {
+                    "card": {**_NONBLANK, "maxLength": 64},
+                    "outcome": {"enum": list(OUTCOMES)},
+                    "outcomeTimestamp": {"type": "string", "pattern":
+                        r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?([Zz]|[+-](0\d|1[0-3]):[0-5]\d)$"},
+                    "acceptedSuggestions": {"type": ["array", "null"], "items": {
+                        "type": "object", "required": ["id"], "properties": {"id": {**_NONBLANK, "maxLength": 64}}}},
+                    "overrideReason": {"type": ["object", "null"], "properties": {
+                        "reason": {"oneOf": [{"type": "null"}, coding]},
+                        "userComment": {"type": ["string", "null"], "pattern": r"\S", "maxLength": 4000}}}}}}}},
+        "FeedbackReceipt": {"type": "object", "required": ["received", "stored", "duplicates"], "properties": {
+            "received": {"type": "integer"}, "stored": {"type": "integer"}, "duplicates": {"type": "integer"}}},
+        "OperationOutcome": {"type": "object", "required": ["resourceType", "issue"], "properties": {
+            "resourceType": {"const": "OperationOutcome"},
+            "issue": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["severity", "code"], "properties": {
+                "severity": {"type": "string"}, "code": {"type": "string"}, "diagnostics": {"type": "string"},
+                "expression": {"type": "array", "items": {"type": "string"}}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cds-tpi CDS Hooks 2.0 service", "version": __version__,
+                 "description": "Checks a planned trigger point injection against FHIR data; answers with CDS Hooks cards."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"cdsHooksJwt": {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "CDS Hooks 2.0 JWT (ES384/RS384/ES256/RS256); required when issuers are configured"}}},
+    }
+
+
+def openapi_document() -> dict:
+    """A fresh copy of the document (callers may not mutate the cached one)."""
+    return copy.deepcopy(_document())

@@ -1,0 +1,255 @@
+"""Feedback and audit records in a real database through SQLAlchemy 2 (Core).
+
+SQLite file by default; PostgreSQL for a `postgresql://` URL (psycopg 3 driver). The schema is
+created on start; `schema_version` records its version so later changes can migrate forward.
+Nothing stored identifies a patient and no token is stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, primary_key=True))
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("hook_instance", sa.String(64), nullable=True),
+    sa.Column("status", sa.Integer, nullable=False),  # HTTP status answered
+    sa.Column("outcome", sa.String(32), nullable=False),  # evaluated | not-applicable | rejected | error
+    sa.Column("rule_ids", sa.Text, nullable=False, default=""),  # rules fired, space-separated
+    sa.Column("duration_ms", sa.Float, nullable=False),
+)
+
+audit_card = sa.Table(
+    "audit_card",
+    metadata,
+    sa.Column("audit_id", sa.Integer, sa.ForeignKey("audit.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("card_uuid", sa.String(64), primary_key=True),
+    sa.Column("rule_id", sa.String(128), nullable=True, index=True),
+    sa.Column("indicator", sa.String(16), nullable=False),
+    sa.Index("ix_audit_card_uuid", "card_uuid"),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("card_uuid", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("outcome_timestamp", sa.String(40), nullable=False),  # RFC 3339, normalised to UTC
+    sa.Column("accepted_suggestions", sa.Text, nullable=True),  # JSON array of suggestion uuids
+    sa.Column("override_system", sa.String(256), nullable=True),
+    sa.Column("override_code", sa.String(128), nullable=True),
+    sa.Column("override_display", sa.String(512), nullable=True),
+    sa.Column("user_comment", sa.Text, nullable=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_once"),
+)
+
+jwt_jti = sa.Table(
+    "jwt_jti",
+    metadata,
+    sa.Column("iss", sa.String(512), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("exp", sa.BigInteger, nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One service call, without patient identifiers or tokens."""
+
+    at: datetime
+    service: str
+    hook_instance: str | None
+    status: int
+    outcome: str
+    duration_ms: float
+    rule_ids: tuple[str, ...] = ()
+    cards: tuple[tuple[str, str | None, str], ...] = ()  # (uuid, rule id, indicator)
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """One validated feedback entry."""
+
+    card_uuid: str
+    outcome: str
+    outcome_timestamp: str
+    accepted_suggestions: tuple[str, ...] = ()
+    override_system: str | None = None
+    override_code: str | None = None
+    override_display: str | None = None
+    user_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleStats:
+    """Per-rule counts for `cds-tpi stats`."""
+
+    rule_id: str
+    shown: int
+    accepted: int
+    overridden: int
+    top_override_reasons: tuple[tuple[str, int], ...]
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// and postgres:// use the psycopg 3 driver; other URLs are kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return sa.engine.make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+class Storage:
+    """The service's database: create the schema, write audit and feedback, read stats."""
+
+    def __init__(self, url: str):
+        self.url = normalise_url(url)
+        self.dialect = self.url.split(":", 1)[0].split("+", 1)[0]
+        kwargs: dict[str, Any] = {"future": True}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": 10}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5,
+                          connect_args={"connect_timeout": 5})
+        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_schema(self) -> None:
+        """Create missing tables and record the schema version (idempotent; safe to race)."""
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # another worker created them between the check and the CREATE: check again
+            metadata.create_all(self.engine, checkfirst=True)
+        with self.engine.begin() as conn:
+            found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+            if found is None:
+                try:
+                    conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+                except IntegrityError:
+                    pass
+            elif found > SCHEMA_VERSION:
+                raise RuntimeError(f"database schema version {found} is newer than this program ({SCHEMA_VERSION})")
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    def write_audit(self, record: AuditRecord) -> None:
+        """Insert one audit row and its cards in one transaction."""
+        with self.engine.begin() as conn:
+            audit_id = conn.execute(
+                audit.insert().values(
+                    at=record.at, service=record.service, hook_instance=record.hook_instance,
+                    status=record.status, outcome=record.outcome, rule_ids=" ".join(record.rule_ids),
+                    duration_ms=record.duration_ms,
+                )
+            ).inserted_primary_key[0]
+            if record.cards:
+                conn.execute(audit_card.insert(), [
+                    {"audit_id": audit_id, "card_uuid": u, "rule_id": r, "indicator": i} for u, r, i in record.cards
+                ])
+
+    def store_feedback(self, service: str, items: Sequence[FeedbackItem]) -> int:
+        """Insert feedback idempotently (same card+outcome+timestamp = one row); returns rows added."""
+        now = datetime.now(timezone.utc)
+        rows = [
+            {
+                "service": service, "card_uuid": f.card_uuid, "outcome": f.outcome,
+                "outcome_timestamp": f.outcome_timestamp,
+                "accepted_suggestions": json.dumps(list(f.accepted_suggestions)) if f.accepted_suggestions else None,
+                "override_system": f.override_system, "override_code": f.override_code,
+                "override_display": f.override_display, "user_comment": f.user_comment, "received_at": now,
+            }
+            for f in items
+        ]
+        if not rows:
+            return 0
+        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(feedback)
+        statement = insert.on_conflict_do_nothing(index_elements=["card_uuid", "outcome", "outcome_timestamp"])
+        added = 0
+        with self.engine.begin() as conn:
+            for row in rows:  # one by one: rowcount per row tells duplicates apart on both dialects
+                added += conn.execute(statement, row).rowcount
+        return added
+
+    def claim_jti(self, iss: str, jti: str, exp: int) -> bool:
+        """Record a JWT id; False if it is already there (a replay). Expired ids are purged."""
+        with self.engine.begin() as conn:
+            conn.execute(jwt_jti.delete().where(jwt_jti.c.exp < int(datetime.now(timezone.utc).timestamp()) - 3600))
+            insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(jwt_jti)
+            result = conn.execute(insert.on_conflict_do_nothing(index_elements=["iss", "jti"]),
+                                  {"iss": iss, "jti": jti, "exp": exp})
+            return result.rowcount == 1
+
+    def rule_stats(self, top: int = 3) -> list[RuleStats]:
+        """Per rule: cards shown, accepted, overridden and the most frequent override reasons."""
+        rule = sa.func.coalesce(audit_card.c.rule_id, "(none)")
+        with self.engine.connect() as conn:
+            shown = dict(conn.execute(sa.select(rule, sa.func.count()).group_by(rule)).all())
+            outcome_counts: dict[tuple[str, str], int] = {}
+            joined = audit_card.join(feedback, feedback.c.card_uuid == audit_card.c.card_uuid)
+            # a card counts once per outcome even when its feedback was sent at several times
+            per_card = (sa.select(rule.label("rule"), feedback.c.outcome, audit_card.c.card_uuid)
+                        .select_from(joined).distinct().subquery())
+            for r, outcome, n in conn.execute(
+                sa.select(per_card.c.rule, per_card.c.outcome, sa.func.count())
+                .group_by(per_card.c.rule, per_card.c.outcome)
+            ):
+                outcome_counts[(r, outcome)] = n
+            reason = sa.func.coalesce(feedback.c.override_display, feedback.c.override_code, "(no reason given)")
+            reasons: dict[str, list[tuple[str, int]]] = {}
+            for r, text, n in conn.execute(
+                sa.select(rule, reason, sa.func.count()).select_from(joined)
+                .where(feedback.c.outcome == "overridden").group_by(rule, reason)
+                .order_by(rule, sa.func.count().desc(), reason)
+            ):
+                reasons.setdefault(r, []).append((text, n))
+        return [
+            RuleStats(r, shown[r], outcome_counts.get((r, "accepted"), 0), outcome_counts.get((r, "overridden"), 0),
+                      tuple(reasons.get(r, [])[:top]))
+            for r in sorted(shown)
+        ]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets several uvicorn workers read while one writes; busy_timeout waits for the lock
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def iter_rule_ids(findings: Iterable[Any]) -> tuple[str, ...]:
+    """Distinct rule ids of the engine's findings, in order."""
+    return tuple(dict.fromkeys(str(f.rule_id) for f in findings))

@@ -1,0 +1,212 @@
+"""Value sets from rules/valuesets: membership by system|code, with whole-word text as a fallback.
+
+A ValueSet may include concepts, other value sets (by canonical url) and exclude concepts.
+Text patterns are root extensions with TEXT_MATCH_URL; they match whole words, case-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RuleError
+
+TEXT_MATCH_URL = "https://cds-tpi.example.org/fhir/StructureDefinition/text-match"
+
+
+@dataclass
+class ValueSetDef:
+    """One ValueSet file, as read (includes not yet expanded)."""
+
+    id: str
+    url: str
+    name: str
+    title: str
+    path: str
+    codes: set[tuple[str, str]] = field(default_factory=set)
+    excludes: set[tuple[str, str]] = field(default_factory=set)
+    includes: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Which value sets a thing belongs to, and which of those only by its text."""
+
+    by_code: frozenset[str]
+    by_text: frozenset[str]
+
+    @property
+    def all(self) -> frozenset[str]:
+        return self.by_code | self.by_text
+
+
+EMPTY = Membership(frozenset(), frozenset())
+
+
+class Terminology:
+    """All value sets of a rules directory, expanded and indexed."""
+
+    def __init__(self, defs: dict[str, ValueSetDef]):
+        self.defs = defs
+        self._alias: dict[str, str] = {}
+        for d in defs.values():
+            for alias in (d.id, d.url, d.name, Path(d.path).stem):
+                if alias:
+                    self._alias.setdefault(alias, d.id)
+        self.expanded: dict[str, tuple[set[tuple[str, str]], list[str]]] = {}
+        for vid in defs:
+            self.expanded[vid] = self._expand(vid, ())
+        self._code_index: dict[tuple[str, str], set[str]] = {}
+        text_index: dict[str, set[str]] = {}
+        for vid, (codes, texts) in self.expanded.items():
+            for sc in codes:
+                self._code_index.setdefault(sc, set()).add(vid)
+            for t in texts:
+                text_index.setdefault(t.lower(), set()).add(vid)
+        self._text_index = text_index
+        if text_index:
+            alternation = "|".join(re.escape(t) for t in sorted(text_index, key=len, reverse=True))
+            self._text_re = re.compile(rf"(?<![A-Za-z0-9])(?:{alternation})(?![A-Za-z0-9])", re.IGNORECASE)
+        else:
+            self._text_re = None
+
+    def resolve(self, name: str) -> str | None:
+        """Value set id for an id, canonical url, name or file stem."""
+        return self._alias.get(name)
+
+    def _expand(self, vid: str, stack: tuple[str, ...]) -> tuple[set[tuple[str, str]], list[str]]:
+        if vid in self.expanded:
+            return self.expanded[vid]
+        d = self.defs[vid]
+        if vid in stack:
+            raise RuleError(f"value set includes itself through {' -> '.join(stack + (vid,))}", d.path)
+        codes = set(d.codes)
+        texts = list(d.texts)
+        for inc in d.includes:
+            target = self.resolve(inc)
+            if target is None:
+                raise RuleError(f"includes unknown value set {inc}", d.path)
+            c, t = self._expand(target, stack + (vid,))
+            codes |= c
+            texts += t
+        codes -= d.excludes
+        return codes, texts
+
+    def codes_of(self, vid: str) -> set[tuple[str, str]]:
+        return self.expanded[vid][0]
+
+    def match(self, codings: list[tuple[str, str]], texts: list[str]) -> Membership:
+        """Membership of a thing described by (system, code) pairs and free texts."""
+        by_code: set[str] = set()
+        for sc in codings:
+            hit = self._code_index.get(sc)
+            if hit:
+                by_code |= hit
+        by_text: set[str] = set()
+        if self._text_re is not None:
+            for text in texts:
+                if text:
+                    for m in self._text_re.finditer(text):
+                        by_text |= self._text_index[m.group(0).lower()]
+        by_text -= by_code
+        if not by_code and not by_text:
+            return EMPTY
+        return Membership(frozenset(by_code), frozenset(by_text))
+
+    def find_concept(self, text: str, among: list[str]) -> tuple[str, str, str] | None:
+        """A (system, code, display) whose display equals text, within the given value sets."""
+        want = text.strip().lower()
+        for vid in among:
+            for system, code, display in getattr(self.defs.get(vid), "displays", ()):
+                if display.lower() == want:
+                    return system, code, display
+        return None
+
+
+def _load_one(path: Path) -> tuple[ValueSetDef | None, list[str]]:
+    errors: list[str] = []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        line = getattr(e, "lineno", 0)
+        return None, [f"{path}:{line}: not valid JSON: {getattr(e, 'msg', e)}"]
+    if not isinstance(data, dict) or data.get("resourceType") != "ValueSet":
+        return None, [f"{path}:1: not a FHIR ValueSet (resourceType must be ValueSet)"]
+    from .fhir.validate import validate_resource
+
+    for issue in validate_resource(data, "R4"):
+        errors.append(f"{path}:{_line_of(path, issue.path)}: ValueSet {issue}")
+    vid, url = data.get("id"), data.get("url")
+    if not isinstance(vid, str) or not isinstance(url, str):
+        errors.append(f"{path}:1: ValueSet needs an id and a canonical url")
+        return None, errors
+    d = ValueSetDef(vid, url, str(data.get("name") or ""), str(data.get("title") or data.get("name") or vid), str(path))
+    displays: list[tuple[str, str, str]] = []
+    compose = data.get("compose") or {}
+    for inc in compose.get("include") or []:
+        system = inc.get("system")
+        for c in inc.get("concept") or []:
+            d.codes.add((system, c.get("code")))
+            displays.append((system, c.get("code"), c.get("display") or ""))
+        d.includes += inc.get("valueSet") or []
+    for exc in compose.get("exclude") or []:
+        for c in exc.get("concept") or []:
+            d.excludes.add((exc.get("system"), c.get("code")))
+    for c in (data.get("expansion") or {}).get("contains") or []:
+        d.codes.add((c.get("system"), c.get("code")))
+        displays.append((c.get("system"), c.get("code"), c.get("display") or ""))
+    for ext in data.get("extension") or []:
+        if ext.get("url") == TEXT_MATCH_URL:
+            value = ext.get("valueString")
+            if not isinstance(value, str) or not value.strip():
+                errors.append(f"{path}:{_line_of(path, 'extension')}: text-match extension needs a non-empty valueString")
+            else:
+                d.texts.append(value.strip())
+    d.displays = displays  # type: ignore[attr-defined]
+    return d, errors
+
+
+def _line_of(path: Path, element: str) -> int:
+    """Best-effort line of the first occurrence of an element's last name in a JSON file."""
+    key = element.split(".")[-1].split("[")[0]
+    if not key:
+        return 1
+    try:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if f'"{key}"' in line:
+                return n
+    except OSError:
+        pass
+    return 1
+
+
+def load_terminology(directory: Path, errors: list[str] | None = None) -> Terminology:
+    """Load every *.json under directory (recursively). Collects errors into `errors` if given, else raises."""
+    collected: list[str] = []
+    defs: dict[str, ValueSetDef] = {}
+    files = sorted(directory.rglob("*.json")) if directory.is_dir() else []
+    if not files:
+        collected.append(f"{directory}: no value set files found")
+    for path in files:
+        d, errs = _load_one(path)
+        collected += errs
+        if d is None:
+            continue
+        if d.id in defs:
+            collected.append(f"{path}:1: value set id '{d.id}' is already used by {defs[d.id].path}")
+            continue
+        defs[d.id] = d
+    term = None
+    try:
+        term = Terminology(defs)
+    except RuleError as e:
+        collected.append(str(e))
+    if errors is not None:
+        errors += collected
+        return term or Terminology({})
+    if collected:
+        raise RuleError("; ".join(collected[:5]) + (f" (+{len(collected) - 5} more)" if len(collected) > 5 else ""))
+    return term
