@@ -10,7 +10,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 def _label(fact: dict) -> str:
     name = str(fact.get("name") or fact.get("ref") or "unnamed record")
-    if fact.get("text_only") and not set(fact.get("vs", ())) - set(fact.get("text_only", ())):
+    # Sites are named in free text as a rule; for drugs and diagnoses a name-only match is worth saying.
+    if fact.get("t") not in ("site", "order") and fact.get("text_only") and not set(fact.get("vs", ())) - set(fact.get("text_only", ())):
         name += " (matched by name only, no recognised code)"
     return name
 

@@ -116,11 +116,11 @@ class Terminology:
             return EMPTY
         return Membership(frozenset(by_code), frozenset(by_text))
 
-    def find_concept(self, text: str, among: list[str]) -> tuple[str, str, str] | None:
-        """A (system, code, display) whose display equals text, within the given value sets."""
+    def find_concept(self, text: str) -> tuple[str, str, str] | None:
+        """A (system, code, display) whose display equals text (case-insensitive), from any value set."""
         want = text.strip().lower()
-        for vid in among:
-            for system, code, display in getattr(self.defs.get(vid), "displays", ()):
+        for d in self.defs.values():
+            for system, code, display in getattr(d, "displays", ()):
                 if display.lower() == want:
                     return system, code, display
         return None

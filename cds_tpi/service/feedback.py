@@ -82,7 +82,7 @@ _RFC3339 = re.compile(
 
 def _timestamp(value: str, at: str) -> str:
     """RFC 3339 date-time (with offset), normalised to UTC so equal instants compare equal."""
-    m = _RFC3339.match(value)
+    m = _RFC3339.fullmatch(value)
     if not m:
         raise HttpError(400, "must be an RFC 3339 date-time with a time zone", at)
     fraction = (m.group(7) or ".0")[:7]  # Python keeps microseconds

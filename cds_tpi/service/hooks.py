@@ -8,15 +8,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import orjson
 
 from cds_tpi.service.discovery import SERVICES, Service
 from cds_tpi.service.outcomes import HttpError
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# The same patterns are stated in the OpenAPI document (openapi.py), which a fuzzer relies on.
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+FHIR_SERVER_PATTERN = r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?(?::" + _PORT + r")?(?:/[^\s?#]*)?$"
+_UUID = re.compile(UUID_PATTERN)
+_FHIR_ID = re.compile(FHIR_ID_PATTERN)
+_FHIR_SERVER = re.compile(FHIR_SERVER_PATTERN)
 
 # context fields each hook requires beyond userId and patientId, and their JSON kinds
 _HOOK_CONTEXT: dict[str, dict[str, str]] = {
@@ -74,12 +79,12 @@ def parse_call(service: Service, body: bytes) -> HookCall:
     if hook != service.hook:
         raise HttpError(400, f"hook {hook!r} does not match service {service.id} (expects {service.hook!r})", "hook")
     hook_instance = _field(request, "hookInstance", str, "hookInstance")
-    if not _UUID.match(hook_instance):
+    if not _UUID.fullmatch(hook_instance):
         raise HttpError(400, "must be a UUID", "hookInstance")
     context = _field(request, "context", dict, "context")
     _field(context, "userId", str, "context.userId")
     patient_id = _field(context, "patientId", str, "context.patientId")
-    if not _FHIR_ID.match(patient_id):
+    if not _FHIR_ID.fullmatch(patient_id):
         raise HttpError(400, "must be a FHIR id ([A-Za-z0-9-.]{1,64})", "context.patientId")
     if "encounterId" in context and context["encounterId"] is not None:
         _field(context, "encounterId", str, "context.encounterId")
@@ -187,9 +192,8 @@ def _fhir_server(request: dict) -> str | None:
             raise HttpError(400, "required when fhirAuthorization is present", "fhirServer")
         return None
     url = _field(request, "fhirServer", str, "fhirServer")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HttpError(400, "must be an absolute http(s) URL", "fhirServer")
+    if not _FHIR_SERVER.fullmatch(url):
+        raise HttpError(400, "must be an absolute http(s) URL (host[:port][/path], no query)", "fhirServer")
     return url.rstrip("/")
 
 

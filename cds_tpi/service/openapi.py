@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import copy
 from functools import lru_cache
 
 from cds_tpi import __version__
 from cds_tpi.service.discovery import SERVICES
 from cds_tpi.service.feedback import MAX_ITEMS, OUTCOMES
+from cds_tpi.service.hooks import FHIR_ID_PATTERN, FHIR_SERVER_PATTERN, UUID_PATTERN
 
 _NONBLANK = {"type": "string", "pattern": r"\S"}
-_UUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+_UUID = {"type": "string", "pattern": UUID_PATTERN}
 _JSON = "application/json"
 
 
@@ -45,12 +45,12 @@ def _request_schema(hook: str) -> dict:
                 "required": ["userId", "patientId", *extra],
                 "properties": {
                     "userId": _NONBLANK,
-                    "patientId": {"type": "string", "pattern": r"^[A-Za-z0-9\-.]{1,64}$"},
+                    "patientId": {"type": "string", "pattern": FHIR_ID_PATTERN},
                     "encounterId": {"type": ["string", "null"], "pattern": r"\S"},
                     **extra,
                 },
             },
-            "fhirServer": {"type": ["string", "null"], "pattern": r"^https?://[^/?#\s@:]+(:[0-9]{1,5})?(/\S*)?$"},
+            "fhirServer": {"type": "string", "pattern": FHIR_SERVER_PATTERN},
             "fhirAuthorization": {"oneOf": [{"type": "null"}, _ref("FhirAuthorization")]},
             "prefetch": {"type": ["object", "null"], "additionalProperties": {
                 "type": ["object", "null"], "required": ["resourceType"],
@@ -81,7 +81,8 @@ def _responses(codes: list[str], ok: dict) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _document() -> dict:
+def openapi_document() -> dict:
+    """The document (cached: treat it as read-only)."""
     security = [{"cdsHooksJwt": []}]
     paths: dict = {
         "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
@@ -142,8 +143,7 @@ def _document() -> dict:
                 "type": "object", "required": ["card", "outcome", "outcomeTimestamp"], "properties": {
                     "card": {**_NONBLANK, "maxLength": 64},
                     "outcome": {"enum": list(OUTCOMES)},
-                    "outcomeTimestamp": {"type": "string", "pattern":
-                        r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?([Zz]|[+-](0\d|1[0-3]):[0-5]\d)$"},
+                    "outcomeTimestamp": {"type": "string", "format": "date-time"},
                     "acceptedSuggestions": {"type": ["array", "null"], "items": {
                         "type": "object", "required": ["id"], "properties": {"id": {**_NONBLANK, "maxLength": 64}}}},
                     "overrideReason": {"type": ["object", "null"], "properties": {
@@ -167,7 +167,3 @@ def _document() -> dict:
             "description": "CDS Hooks 2.0 JWT (ES384/RS384/ES256/RS256); required when issuers are configured"}}},
     }
 
-
-def openapi_document() -> dict:
-    """A fresh copy of the document (callers may not mutate the cached one)."""
-    return copy.deepcopy(_document())

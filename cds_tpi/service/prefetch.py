@@ -152,7 +152,7 @@ class _Fetcher:
                         raise FetchFailed("FHIR server response too large")
         except httpx.TimeoutException:
             raise FetchFailed("FHIR server timed out") from None
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
             raise FetchFailed(f"FHIR server unreachable ({type(e).__name__})") from None
         try:
             data = orjson.loads(body)

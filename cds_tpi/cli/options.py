@@ -1,0 +1,46 @@
+"""Options shared by several commands, and input file discovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+fhir_version_option = click.option(
+    "--fhir-version", type=click.Choice(["R4", "R5"]), default="R4", show_default=True,
+    help="FHIR version of the input (R4 is read with the R4B models).")
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+rules_option = click.option(
+    "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Rules directory (default: the rules/ folder of this installation).")
+
+INPUT_SUFFIXES = (".json", ".ndjson")
+
+
+def expand_inputs(paths: tuple[str, ...]) -> list[str]:
+    """Files from paths; directories are searched recursively for *.json and *.ndjson. '-' is stdin."""
+    out: list[str] = []
+    for p in paths:
+        if p == "-":
+            out.append(p)
+            continue
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix in INPUT_SUFFIXES)
+            if not found:
+                raise click.UsageError(f"{p}: no *.json or *.ndjson files in this directory")
+            out += found
+        elif path.exists():
+            out.append(str(path))
+        else:
+            raise click.UsageError(f"{p}: no such file or directory")
+    return out
+
+
+def read_input(name: str, max_bytes: int) -> bytes:
+    """Bytes of a file or stdin, reading at most max_bytes + 1."""
+    if name == "-":
+        return click.get_binary_stream("stdin").read(max_bytes + 1)
+    with open(name, "rb") as f:
+        return f.read(max_bytes + 1)

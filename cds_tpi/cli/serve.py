@@ -1,0 +1,67 @@
+"""`cds-tpi serve`: run the CDS Hooks service on uvicorn (one engine per worker process)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from cds_tpi.errors import InputError
+from cds_tpi.service.config import ServiceConfig, is_loopback, load_config
+
+log = logging.getLogger("cds_tpi.service")
+
+CONFIG_ENV = "CDS_TPI_SERVICE_CONFIG"
+
+
+def build_config(config_file: str | None, **overrides: object) -> ServiceConfig:
+    """The config from file + options, refused (UsageError) when it would expose an open service."""
+    try:
+        config = load_config(config_file, **overrides)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="--config") from e
+    if not config.auth_enabled and not is_loopback(config.host) and not config.allow_unauthenticated:
+        raise click.UsageError(
+            f"refusing to bind {config.host} without JWT issuers: anyone on the network could call the "
+            "service. Configure 'issuers' in --config, bind 127.0.0.1, or pass --allow-unauthenticated."
+        )
+    return config
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8080).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (one engine each).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML or TOML file: issuers, database_url, max_body_bytes, FHIR timeouts, allowed_origins ...")
+@click.option("--database-url", default=None,
+              help="SQLAlchemy URL (default sqlite:///cds-tpi.sqlite3; postgresql://user@host/db for PostgreSQL).")
+@click.option("--allow-unauthenticated", is_flag=True, default=None,
+              help="Allow a non-loopback --host without JWT issuers (not for production).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+def serve(host, port, workers, config_file, database_url, allow_unauthenticated, log_level) -> None:
+    """Serve the CDS Hooks 2.0 endpoints (discovery, 4 services, feedback) over HTTP."""
+    import uvicorn  # noqa: PLC0415 - only this command needs it
+
+    from cds_tpi.service.storage import Storage  # noqa: PLC0415
+
+    config = build_config(config_file, host=host, port=port, workers=workers, database_url=database_url,
+                          allow_unauthenticated=allow_unauthenticated)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # create the schema once here, so that several workers do not race to create it
+    storage = Storage(config.database_url)
+    try:
+        storage.create_schema()
+    except Exception as e:
+        raise click.ClickException(f"database not usable: {type(e).__name__}: {e}") from e
+    finally:
+        storage.dispose()
+    os.environ[CONFIG_ENV] = config.to_json().decode()
+    uvicorn.run("cds_tpi.service.app:app_from_environment", factory=True, host=config.host, port=config.port,
+                workers=config.workers, log_level=log_level, server_header=False, proxy_headers=False,
+                timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":  # python -m cds_tpi.cli.serve (used by the tests before the CLI group exists)
+    serve()

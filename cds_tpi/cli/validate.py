@@ -1,0 +1,62 @@
+"""`cds-tpi validate`: FHIR validation of files, with file, resource and element path per error."""
+
+from __future__ import annotations
+
+import orjson
+import click
+
+from ..errors import InputError
+from ..fhir.read import DEFAULT_MAX_BYTES, read_bytes
+from ..fhir.refs import ref_key
+from ..fhir.validate import validate_resource
+from .options import expand_inputs, fhir_version_option, format_option, read_input
+
+
+def validate_file(name: str, version: str) -> tuple[int, list[dict]]:
+    """(number of resources, problems) for one input file."""
+    try:
+        doc = read_bytes(read_input(name, DEFAULT_MAX_BYTES), name)
+    except OSError as e:
+        return 0, [{"file": name, "location": "", "resource": "", "path": "", "message": f"cannot read: {e.strerror or e}"}]
+    except InputError as e:
+        return 0, [{"file": name, "location": "", "resource": "", "path": "", "message": e.message}]
+    problems = []
+    located = doc.resources + (doc.draft_orders or [])
+    for loc in located:
+        r = loc.resource
+        label = ref_key(r) if isinstance(r, dict) else None
+        label = label or (r.get("resourceType") if isinstance(r, dict) and isinstance(r.get("resourceType"), str) else "?")
+        for issue in validate_resource(r, version):
+            where = loc.location if loc.location != "$" else ""
+            problems.append({"file": name, "location": where, "resource": label, "path": issue.path, "message": issue.message})
+    return len(located), problems
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@fhir_version_option
+@format_option
+def validate(paths: tuple[str, ...], fhir_version: str, fmt: str) -> None:
+    """Validate FHIR files (Bundle, resource, NDJSON or CDS Hooks request) with fhir.resources.
+
+    PATHS are files or directories (searched for *.json and *.ndjson); '-' reads stdin.
+    Exit status: 0 all valid, 1 any invalid, 2 usage error.
+    """
+    files = expand_inputs(paths)
+    all_problems, n_resources, bad_files = [], 0, 0
+    for name in files:
+        count, problems = validate_file(name, fhir_version)
+        n_resources += count
+        bad_files += bool(problems)
+        all_problems += problems
+    if fmt == "json":
+        click.echo(orjson.dumps({"files": len(files), "resources": n_resources, "invalid_files": bad_files,
+                                 "errors": all_problems}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for p in all_problems:
+            where = " ".join(x for x in (p.get("location", ""), p["resource"]) if x)
+            click.echo(": ".join(x for x in (p["file"], where, p["path"], p["message"]) if x))
+        status = "all valid" if not all_problems else f"{len(all_problems)} error(s) in {bad_files} file(s)"
+        click.echo(f"{len(files)} file(s), {n_resources} resource(s) checked against FHIR {fhir_version}: {status}")
+    if all_problems:
+        raise click.exceptions.Exit(1)
