@@ -25,6 +25,10 @@ class Finding:
         return self.rule.id
 
 
+def _fids(bindings: dict) -> frozenset:
+    return frozenset((name, fact["fid"]) for name, fact in bindings.items())
+
+
 def _distinct(facts: list[dict]) -> list[dict]:
     seen, out = set(), []
     for f in sorted(facts, key=lambda f: f.get("fid", 0)):
@@ -37,12 +41,21 @@ def _distinct(facts: list[dict]) -> list[dict]:
 def collect(matches: list[Match], rules: list[Rule]) -> list[Finding]:
     """Group firings by rule; drop alternatives whose min_count is not reached."""
     by_rule: dict[str, dict[int, list[dict]]] = {}
+    # For each alternative: the sets of positive facts for which an absent pattern was found after all.
+    blocked: dict[tuple[str, int], list[frozenset]] = {}
     for m in matches:
-        rule_id, alt = split_name(m.rule)
-        by_rule.setdefault(rule_id, {}).setdefault(alt, []).append(m.bindings)
+        rule_id, alt, probe = split_name(m.rule)
+        if probe is None:
+            by_rule.setdefault(rule_id, {}).setdefault(alt, []).append(m.bindings)
+        else:
+            blocked.setdefault((rule_id, alt), []).append(_fids(m.bindings))
+    for (rule_id, alt), probes in blocked.items():
+        combos = by_rule.get(rule_id, {}).get(alt)
+        if combos:
+            by_rule[rule_id][alt] = [c for c in combos if not any(_fids(c) <= p for p in probes)]
     findings = []
     for rule in rules:
-        alts = by_rule.get(rule.id)
+        alts = {k: v for k, v in by_rule.get(rule.id, {}).items() if v}
         if not alts:
             continue
         merged: dict[str, list[dict]] = {}

@@ -6,7 +6,12 @@ Grammar mapping (rules/README.md has the user view):
   {any: [a, b]}        -> array field holds a or b   {all: [a, b]} -> holds both   {none: [a]} -> holds neither
   {exists: true/false} -> {"$ex"/"$nex": {field: 1}}
   values: literal | {param: p} (inlined at compile time) | {ref: pattern.field} | {mul: [x, y]}
-  absent: true         -> the pattern is negated (durable "$not")
+  absent: true         -> NOT compiled to durable's "$not": that fires as soon as the positive facts
+                          arrive, before a later fact in the same batch could block it (so the result
+                          depended on fact order), and it crashed the C engine (segfault) when the
+                          negated fact type was used nowhere else. Instead each absent pattern becomes a
+                          probe rule "<id>#<alt>!<n>" = the positive patterns + that pattern; findings
+                          keeps a main firing only if no probe fired with the same positive facts.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from .model import Pattern, Rule
 _CMP = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
 
 
-def durable_name(rule_id: str, alt_index: int) -> str:
-    return f"{rule_id}#{alt_index}"
+def durable_name(rule_id: str, alt_index: int, probe: int | None = None) -> str:
+    return f"{rule_id}#{alt_index}" + (f"!{probe}" if probe is not None else "")
 
 
-def split_name(name: str) -> tuple[str, int]:
-    rule_id, _, idx = name.rpartition("#")
-    return rule_id, int(idx)
+def split_name(name: str) -> tuple[str, int, int | None]:
+    """(rule id, alternative index, probe index or None)."""
+    rule_id, _, rest = name.rpartition("#")
+    alt, _, probe = rest.partition("!")
+    return rule_id, int(alt), int(probe) if probe else None
 
 
 def compile_rules(rules: list[Rule], terminology) -> dict[str, dict]:
@@ -31,11 +38,10 @@ def compile_rules(rules: list[Rule], terminology) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for rule in rules:
         for alt in rule.alternatives:
-            conds = []
-            for p in alt.patterns:
-                key = f"{p.name}$not" if p.absent else p.name
-                conds.append({key: _pattern(p, rule, terminology)})
-            out[durable_name(rule.id, alt.index)] = {"all": conds}
+            present = [{p.name: _pattern(p, rule, terminology)} for p in alt.patterns if not p.absent]
+            out[durable_name(rule.id, alt.index)] = {"all": present}
+            for n, p in enumerate(q for q in alt.patterns if q.absent):
+                out[durable_name(rule.id, alt.index, n)] = {"all": present + [{p.name: _pattern(p, rule, terminology)}]}
     return out
 
 

@@ -1,0 +1,29 @@
+"""Shared fixtures: one Evaluator per test session (durable-rules wants one engine per process)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "fhir_samples"
+RULES = ROOT / "rules"
+SHARED = ROOT.parent / "shared"
+SYNTHEA = SHARED / "fhir" / "synthea-r4"
+NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def evaluator():
+    from cds_tpi.pipeline import Evaluator
+
+    return Evaluator.load(RULES)
+
+
+@pytest.fixture(scope="session")
+def evaluator_r5():
+    from cds_tpi.pipeline import Evaluator
+
+    return Evaluator.load(RULES, fhir_version="R5")

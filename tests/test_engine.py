@@ -1,0 +1,101 @@
+"""The durable-rules wrapper: state deleted, exceptions surfaced, results stable, thread-safe."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cds_tpi import engine as engine_mod
+from cds_tpi.engine import Engine
+from cds_tpi.errors import EngineError
+
+DEFS = {
+    "r#0": {"all": [{"o": {"t": "order"}}, {"d": {"$and": [{"t": "drug"}, {"$iany": {"vs": {"$i": "ac"}}}]}}]},
+    "x#0": {"all": [{"w": {"t": "weight"}}, {"d": {"$and": [{"t": "drug"}, {"$gt": {"dose": {"$mul": {"$l": {"w": "kg"}, "$r": 4.5}}}}]}}]},
+}
+
+
+@pytest.fixture(scope="module")
+def eng():
+    return Engine(DEFS)
+
+
+def _names(matches):
+    return sorted(m.rule for m in matches)
+
+
+def test_fires_once_per_combination_and_binds_facts(eng):
+    facts = [{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}, {"t": "drug", "fid": 3, "vs": ["ac", "b"]},
+             {"t": "drug", "fid": 4, "vs": ["b"]}, {"t": "unrelated", "fid": 5}]
+    matches = eng.run(facts)
+    assert _names(matches) == ["r#0", "r#0"]
+    assert sorted(m.bindings["d"]["fid"] for m in matches if m.rule == "r#0") == [2, 3]
+    assert all("sid" not in f for m in matches for f in m.bindings.values())
+
+
+def test_arithmetic_between_facts(eng):
+    facts = [{"t": "order", "fid": 1}, {"t": "weight", "fid": 2, "kg": 50}, {"t": "drug", "fid": 3, "dose": 250, "vs": []},
+             {"t": "drug", "fid": 4, "dose": 200, "vs": []}]
+    assert _names(eng.run(facts)) == ["x#0"]  # 250 > 225, 200 is not
+
+
+def test_state_is_deleted_after_every_evaluation(eng):
+    # Without delete_state the engine raises MemoryError after 1,024 live sessions.
+    for _ in range(1500):
+        eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])
+    assert _names(eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])) == ["r#0"]
+
+
+def test_exception_inside_an_action_is_raised_not_swallowed(eng, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("action failed on purpose")
+
+    monkeypatch.setattr(engine_mod, "Match", boom)
+    with pytest.raises(EngineError, match="action failed on purpose"):
+        eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])
+    monkeypatch.undo()
+    assert _names(eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])) == ["r#0"]  # still works
+
+
+def test_bad_definition_is_an_engine_error():
+    with pytest.raises(EngineError):
+        Engine({"bad#0": {"all": [{"m": {"$nosuchop": {"t": 1}}}]}})
+
+
+def test_concurrent_calls_give_the_sequential_results(eng):
+    inputs = [[{"t": "order", "fid": 1}] + [{"t": "drug", "fid": 10 + j, "vs": ["ac"]} for j in range(i % 4)] for i in range(40)]
+    expected = [_names(eng.run(f)) for f in inputs]
+    results: list = [None] * len(inputs)
+
+    def work(k):
+        for i in range(k, len(inputs), 4):
+            results[i] = _names(eng.run(inputs[i]))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+def test_absent_patterns_do_not_depend_on_fact_order(evaluator):
+    """`absent` is compiled to probe rules, so a later fact in the batch still blocks the finding."""
+    import random
+
+    from cds_tpi.findings import collect
+
+    facts = [
+        {"t": "injectate", "fid": 1, "ref": "MedicationRequest/a", "name": "lidocaine", "vs": ["lidocaine", "local-anesthetics", "local-anesthetics-amide"], "text_only": [], "dose_mg": 100.0},
+        {"t": "observation", "fid": 2, "ref": "Observation/w", "name": "weight", "vs": ["body-weight"], "text_only": [], "unit": "kg", "value": 70.0, "age_days": 3, "latest": True, "code": "http://loinc.org|29463-7"},
+        {"t": "inventory", "fid": 3, "medications": 1, "allergies": 1, "conditions": 1, "procedures": 1, "observations": 1, "patient": 1, "orders": 0, "injectates": 1, "sites": 0},
+    ]
+    rng = random.Random(7)
+    for _ in range(20):
+        rng.shuffle(facts)
+        findings = collect(evaluator.engine.run(facts), evaluator.rules)
+        assert [f.rule_id for f in findings] == [], "weight present: no missing-data finding"
+    without_weight = [f for f in facts if f["t"] != "observation"]
+    findings = collect(evaluator.engine.run(without_weight), evaluator.rules)
+    assert [f.rule_id for f in findings] == ["missing-data"]

@@ -1,0 +1,53 @@
+"""Every file in fhir_samples/ gives exactly its expected cards (rule id and indicator)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from cds_tpi.fhir.read import read_bytes
+
+from .cdshooks import assert_cds_response
+from .conftest import RULES, SAMPLES
+
+SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*") if p.suffix in (".json", ".ndjson"))
+
+
+def _sidecar(path):
+    return path.with_name(path.name.rsplit(".", 1)[0] + ".expected.yaml")
+
+
+def test_samples_exist():
+    assert len(SAMPLE_FILES) >= 28, "at least one positive and one negative sample per rule"
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=[p.name for p in SAMPLE_FILES])
+def test_sample_gives_expected_cards(path, evaluator):
+    side = _sidecar(path)
+    assert side.exists(), f"{path.name} has no sidecar {side.name}"
+    expected = yaml.safe_load(side.read_text())
+    now = expected.get("now")
+    now = datetime(now.year, now.month, now.day, tzinfo=timezone.utc)
+    result = evaluator.evaluate_document(read_bytes(path.read_bytes(), path.name), now=now)
+    assert_cds_response(result.response)
+    got = sorted((c["source"]["topic"]["code"], c["indicator"]) for c in result.cards)
+    want = sorted((c["rule"], c["indicator"]) for c in expected["cards"])
+    assert got == want, f"{path.name}: {expected.get('description', '')}"
+
+
+def test_every_rule_has_a_positive_and_a_negative_sample():
+    rule_ids = {p.stem for p in RULES.glob("*.yaml") if p.name != "records.yaml"}
+    fired: dict[str, int] = {r: 0 for r in rule_ids}
+    for path in SAMPLE_FILES:
+        expected = yaml.safe_load(_sidecar(path).read_text())
+        for c in expected["cards"]:
+            fired[c["rule"]] += 1
+    missing = sorted(r for r, n in fired.items() if n == 0)
+    assert not missing, f"rules no sample expects: {missing}"
+    # A negative for rule X: a sample whose name starts with X and expects no X card.
+    for rule in rule_ids - {"missing-data"}:
+        negatives = [p for p in SAMPLE_FILES if p.name.startswith(rule)
+                     and rule not in {c["rule"] for c in yaml.safe_load(_sidecar(p).read_text())["cards"]}]
+        assert negatives, f"no negative sample for {rule} (name it '{rule}-negative-….json')"
