@@ -16,6 +16,14 @@ from .errors import RuleError
 TEXT_MATCH_URL = "https://cds-tpi.example.org/fhir/StructureDefinition/text-match"
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of a text; bracketed asides ("[any part except buttock]") are dropped."""
+    return _WORD.findall(re.sub(r"\[[^\]]*\]", " ", text.lower()))
+
+
 @dataclass
 class ValueSetDef:
     """One ValueSet file, as read (includes not yet expanded)."""
@@ -56,6 +64,7 @@ class Terminology:
             for alias in (d.id, d.url, d.name, Path(d.path).stem):
                 if alias:
                     self._alias.setdefault(alias, d.id)
+        self.errors: list[str] = []
         self.expanded: dict[str, tuple[set[tuple[str, str]], list[str]]] = {}
         for vid in defs:
             self.expanded[vid] = self._expand(vid, ())
@@ -66,12 +75,14 @@ class Terminology:
                 self._code_index.setdefault(sc, set()).add(vid)
             for t in texts:
                 text_index.setdefault(t.lower(), set()).add(vid)
-        self._text_index = text_index
-        if text_index:
-            alternation = "|".join(re.escape(t) for t in sorted(text_index, key=len, reverse=True))
-            self._text_re = re.compile(rf"(?<![A-Za-z0-9])(?:{alternation})(?![A-Za-z0-9])", re.IGNORECASE)
-        else:
-            self._text_re = None
+        # Text patterns as word sequences: every n-gram of a text is looked up, so overlapping
+        # patterns from different value sets ("pectoralis" and "pectoralis major") all match.
+        self._text_index = {}
+        for t, vids in text_index.items():
+            words = tuple(_words(t))
+            if words:
+                self._text_index.setdefault(words, set()).update(vids)
+        self._max_words = max((len(w) for w in self._text_index), default=0)
 
     def resolve(self, name: str) -> str | None:
         """Value set id for an id, canonical url, name or file stem."""
@@ -81,14 +92,16 @@ class Terminology:
         if vid in self.expanded:
             return self.expanded[vid]
         d = self.defs[vid]
-        if vid in stack:
-            raise RuleError(f"value set includes itself through {' -> '.join(stack + (vid,))}", d.path)
         codes = set(d.codes)
         texts = list(d.texts)
         for inc in d.includes:
             target = self.resolve(inc)
             if target is None:
-                raise RuleError(f"includes unknown value set {inc}", d.path)
+                self.errors.append(f"{d.path}:{_line_of(Path(d.path), 'valueSet')}: includes unknown value set {inc}")
+                continue
+            if target in stack + (vid,):
+                self.errors.append(f"{d.path}:1: value set includes itself through {' -> '.join(stack + (vid, target))}")
+                continue
             c, t = self._expand(target, stack + (vid,))
             codes |= c
             texts += t
@@ -106,11 +119,15 @@ class Terminology:
             if hit:
                 by_code |= hit
         by_text: set[str] = set()
-        if self._text_re is not None:
+        if self._max_words:
+            index, longest = self._text_index, self._max_words
             for text in texts:
-                if text:
-                    for m in self._text_re.finditer(text):
-                        by_text |= self._text_index[m.group(0).lower()]
+                words = _words(text) if text else []
+                for i in range(len(words)):
+                    for n in range(1, min(longest, len(words) - i) + 1):
+                        hit = index.get(tuple(words[i : i + n]))
+                        if hit:
+                            by_text |= hit
         by_text -= by_code
         if not by_code and not by_text:
             return EMPTY
@@ -199,14 +216,11 @@ def load_terminology(directory: Path, errors: list[str] | None = None) -> Termin
             collected.append(f"{path}:1: value set id '{d.id}' is already used by {defs[d.id].path}")
             continue
         defs[d.id] = d
-    term = None
-    try:
-        term = Terminology(defs)
-    except RuleError as e:
-        collected.append(str(e))
+    term = Terminology(defs)
+    collected += sorted(set(term.errors), key=term.errors.index)
     if errors is not None:
         errors += collected
-        return term or Terminology({})
+        return term
     if collected:
         raise RuleError("; ".join(collected[:5]) + (f" (+{len(collected) - 5} more)" if len(collected) > 5 else ""))
     return term

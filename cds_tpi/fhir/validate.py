@@ -34,6 +34,7 @@ _STATUS_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Observation", "status"): frozenset(
         "registered preliminary final amended corrected cancelled entered-in-error unknown".split()
     ),
+    ("ValueSet", "status"): frozenset("draft active retired unknown".split()),
     ("ServiceRequest", "status"): frozenset(
         "draft active on-hold revoked completed entered-in-error unknown".split()
     ),

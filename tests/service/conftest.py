@@ -424,9 +424,13 @@ class Signer:
     jwks_file: Path
 
     def token(self, aud: str, *, iss: str = ISSUER, alg: str | None = None, key: Any = None, lifetime: int = 300,
-              iat_offset: int = 0, jti: str | None = None, header: dict | None = None, **claims: Any) -> str:
+              iat_offset: int = 0, jti: str | None = None, header: dict | None = None, drop: tuple[str, ...] = (),
+              **claims: Any) -> str:
         now = int(time.time()) + iat_offset
-        payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + lifetime, "jti": jti or uuid.uuid4().hex, **claims}
+        payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + lifetime,
+                   "jti": uuid.uuid4().hex if jti is None else jti, **claims}
+        for name in drop:
+            del payload[name]
         head = {"alg": alg or self.alg, "kid": self.kid, "typ": "JWT", **(header or {})}
         return jwt.encode(head, payload, key or self.key, algorithms=[head["alg"]])
 

@@ -1,0 +1,93 @@
+"""`cds-tpi rules lint`: the bundled rules are clean; each kind of mistake is reported with file:line."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cds_tpi.cli import cli
+
+from .conftest import RULES
+
+
+def _lint(path):
+    return CliRunner().invoke(cli, ["rules", "lint", str(path)])
+
+
+def test_bundled_rules_lint_clean():
+    result = _lint(RULES)
+    assert result.exit_code == 0, result.output
+    assert "14 rule(s)" in result.output
+
+
+def test_rules_list_prints_every_rule():
+    result = CliRunner().invoke(cli, ["rules", "list"])
+    assert result.exit_code == 0
+    ids = [line.split()[0] for line in result.output.splitlines()]
+    assert ids == sorted(["anticoagulant", "bleeding-disorder", "local-infection", "systemic-infection", "allergy-anesthetic",
+                          "allergy-steroid", "latex-allergy", "diabetes-steroid", "steroid-frequency", "repeat-interval",
+                          "thoracic-site", "anesthetic-dose", "missing-data", "pregnancy-steroid"])
+
+
+@pytest.fixture
+def rules_copy(tmp_path):
+    dst = tmp_path / "rules"
+    shutil.copytree(RULES, dst)
+    return dst
+
+
+BREAKAGES = [
+    # (file, old text, new text, expected line, expected message part)
+    ("anticoagulant.yaml", "drug: {fact: medication,", "drug: {fact: medicine,", 12, "when/0/match/drug/fact"),
+    ("anticoagulant.yaml", "vs: {any: [anticoagulants, p2y12-inhibitors]}", "vs: {any: [anticoagulantz]}", 12, "unknown value set 'anticoagulantz'"),
+    ("anticoagulant.yaml", "where: {vs:", "where: {colour: red, vs:", 12, "unknown field 'colour'"),
+    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drug | names }\"", 14, "template error"),
+    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drugs | names }}\"", 14, "'drugs' is undefined"),
+    ("anticoagulant.yaml", "indicator: warning", "indicator: severe", 3, "indicator"),
+    ("anticoagulant.yaml", "id: anticoagulant", "id: anticoagulants", 1, "must match the file name"),
+    ("anticoagulant.yaml", "title: Anticoagulant", "title: Anticoagulant\ntitle: again", 3, "duplicate key"),
+    ("bleeding-disorder.yaml", "value: {gt: {param: inr_max}}", "value: {gt: {param: inr_maximum}}", 18, "unknown param 'inr_maximum'"),
+    ("local-infection.yaml", "{ref: infection.region}", "{ref: infektion.region}", 11, "no earlier (present) pattern 'infektion'"),
+]
+
+
+@pytest.mark.parametrize("fname,old,new,line,message", BREAKAGES, ids=[b[4][:30] for b in BREAKAGES])
+def test_lint_reports_file_line_and_reason(rules_copy, fname, old, new, line, message):
+    path = rules_copy / fname
+    text = path.read_text()
+    assert old in text, f"test setup: '{old}' not in {fname}"
+    path.write_text(text.replace(old, new, 1))
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    hits = [ln for ln in result.output.splitlines() if ln.startswith(f"{path}:{line}:") and message in ln]
+    assert hits, result.output
+
+
+def test_lint_reports_every_error_at_once(rules_copy):
+    for fname in ("anticoagulant.yaml", "systemic-infection.yaml"):
+        p = rules_copy / fname
+        p.write_text(p.read_text().replace("fact: condition", "fact: nonsense").replace("fact: medication", "fact: nonsense"))
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    assert "anticoagulant.yaml:" in result.output and "systemic-infection.yaml:" in result.output
+
+
+def test_lint_reports_broken_value_sets(rules_copy):
+    (rules_copy / "valuesets" / "latex.json").write_text('{"resourceType": "ValueSet", "id": 5,\n  "url": }')
+    (rules_copy / "valuesets" / "saline.json").write_text(
+        '{"resourceType": "ValueSet", "id": "saline", "url": "https://x/saline", "status": "bogus-status",\n'
+        ' "compose": {"include": [{"valueSet": ["https://nowhere/ValueSet/none"]}]}}')
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    out = result.output
+    assert "latex.json:2: not valid JSON" in out
+    assert "saline.json" in out and "status" in out
+    assert "includes unknown value set https://nowhere/ValueSet/none" in out
+
+
+def test_lint_of_a_missing_directory(tmp_path):
+    result = _lint(tmp_path / "nope")
+    assert result.exit_code == 1
+    assert "rules directory not found" in result.output
