@@ -60,10 +60,11 @@ def _codeable(cc) -> tuple[list[tuple[str, str]], list[str]]:
     return codes, texts
 
 
-def _display(cc, fallback: str = "") -> str:
-    codes, texts = _codeable(cc)
+def _display(cc, fallback: str = "", parsed=None) -> str:
+    """Text of a CodeableConcept, else its first display, else system code."""
     if isinstance(cc, dict) and cc.get("text"):
         return str(cc["text"])
+    codes, texts = parsed if parsed is not None else _codeable(cc)
     return texts[0] if texts else (f"{codes[0][0].rsplit('/', 1)[-1]} {codes[0][1]}" if codes else fallback)
 
 
@@ -248,7 +249,7 @@ class FactBuilder:
     def _condition(self, r: dict) -> None:
         codes, texts = _codeable(r.get("code"))
         vs, text_only = self._member(codes, texts)
-        name = _display(r.get("code"), "condition")
+        name = _display(r.get("code"), "condition", (codes, texts))
         onset = parse_date(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
         base = dict(ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
                     status=_coding_code(r.get("clinicalStatus")) or "unknown")
@@ -276,7 +277,7 @@ class FactBuilder:
         vs, text_only = self._member(codes, [])  # labs are matched by code only
         if not vs:
             return
-        fields = dict(ref=ref_key(r) or "", name=_display(r.get("code"), "observation"), vs=vs, text_only=text_only,
+        fields = dict(ref=ref_key(r) or "", name=_display(r.get("code"), "observation", (codes, texts)), vs=vs, text_only=text_only,
                       code=f"{codes[0][0]}|{codes[0][1]}" if codes else "")
         when = parse_date(r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("end")
                           or (r.get("effectivePeriod") or {}).get("start") or r.get("effectiveInstant") or r.get("issued"))

@@ -19,7 +19,7 @@ from .fhir.read import Document, read_object
 from .fhir.refs import ref_key
 from .fhir.validate import validate_resource
 from .ruleset import RuleBook, load_rulebook
-from .ruleset.compile import compile_rules
+from .ruleset.compile import compile_rules, prefilter
 
 # Resource types the facts stage reads; anything else in a record is ignored (not validated).
 READ_TYPES = frozenset({
@@ -56,6 +56,7 @@ class Evaluator:
         self.book = book
         self.fhir_version = fhir_version
         self.engine = Engine(compile_rules(book.rules, book.terminology))
+        self._could_match = prefilter(book.rules)
         self._lock = threading.Lock()
 
     @classmethod
@@ -120,7 +121,7 @@ class Evaluator:
                     inputs.full_urls[id(r)] = loc.full_url
         builder = self._builder(now)
         facts = builder.build(inputs)
-        matches = self.engine.run(facts)
+        matches = self.engine.run([f for f in facts if self._could_match(f)])
         findings = collect(matches, self.book.rules)
         drafts = {ref_key(r): r for r in (inputs.drafts if inputs.drafts is not None else
                                            [r for r in inputs.record if r.get("status") == "draft"]) if ref_key(r)}

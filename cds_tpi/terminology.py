@@ -65,6 +65,7 @@ class Terminology:
                 if alias:
                     self._alias.setdefault(alias, d.id)
         self.errors: list[str] = []
+        self._memo: dict[tuple, Membership] = {}
         self.expanded: dict[str, tuple[set[tuple[str, str]], list[str]]] = {}
         for vid in defs:
             self.expanded[vid] = self._expand(vid, ())
@@ -112,7 +113,16 @@ class Terminology:
         return self.expanded[vid][0]
 
     def match(self, codings: list[tuple[str, str]], texts: list[str]) -> Membership:
-        """Membership of a thing described by (system, code) pairs and free texts."""
+        """Membership of a thing described by (system, code) pairs and free texts (memoised)."""
+        key = (tuple(codings), tuple(texts))
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) > 50_000:  # bounded: distinct descriptions seen by this process
+                self._memo.clear()
+            hit = self._memo[key] = self._match(codings, texts)
+        return hit
+
+    def _match(self, codings, texts) -> Membership:
         by_code: set[str] = set()
         for sc in codings:
             hit = self._code_index.get(sc)

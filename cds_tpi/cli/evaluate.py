@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import click
 import orjson
 
 from ..errors import CdsTpiError, InputError
-from ..fhir.read import DEFAULT_MAX_BYTES, Document, Located, read_bytes
+from ..fhir.read import Document, Located, read_bytes
 from ..orders import parse_injectates, synthesize
 from ..ruleset.model import SEVERITY
-from .options import expand_inputs, fhir_version_option, format_option, read_input, rules_option
+from .options import expand_inputs, fhir_version_option, format_option, max_bytes_option, read_input, rules_option
 
 _MARK = {"critical": "CRITICAL", "warning": "WARNING ", "info": "INFO    "}
 
@@ -74,7 +75,9 @@ def _text(name: str, response: dict, out) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on for more than 10 files).")
 @fhir_version_option
 @rules_option
-def evaluate(paths, fmt, fail_on, injectate, sites, now_text, progress, fhir_version, rules_dir: Path | None) -> None:
+@max_bytes_option
+def evaluate(paths, fmt, fail_on, injectate, sites, now_text, progress, fhir_version, rules_dir: Path | None,
+             max_bytes: int) -> None:
     """Evaluate FHIR inputs and print CDS Hooks cards.
 
     PATHS are files or directories (searched for *.json and *.ndjson); '-' reads stdin. An input
@@ -98,11 +101,11 @@ def evaluate(paths, fmt, fail_on, injectate, sites, now_text, progress, fhir_ver
     failures = 0
     worst = -1
     show_progress = progress if progress is not None else len(files) > 10
-    with click.progressbar(files, label="evaluating", file=click.get_text_stream("stderr"),
+    with click.progressbar(files, label="evaluating", file=sys.stderr,
                            show_pos=True) if show_progress else _nullbar(files) as bar:
         for name in bar:
             try:
-                doc = read_bytes(read_input(name, DEFAULT_MAX_BYTES), name)
+                doc = read_bytes(read_input(name, max_bytes), name, max_bytes)
                 if injectate or sites:
                     note = add_order(doc, evaluator, injectate, sites)
                     if note:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -14,6 +15,10 @@ format_option = click.option(
 rules_option = click.option(
     "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Rules directory (default: the rules/ folder of this installation).")
+
+max_bytes_option = click.option(
+    "--max-bytes", type=click.IntRange(min=1), default=20 * 1024 * 1024, show_default=True,
+    help="Refuse inputs larger than this many bytes.")
 
 INPUT_SUFFIXES = (".json", ".ndjson")
 
@@ -41,6 +46,6 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
 def read_input(name: str, max_bytes: int) -> bytes:
     """Bytes of a file or stdin, reading at most max_bytes + 1."""
     if name == "-":
-        return click.get_binary_stream("stdin").read(max_bytes + 1)
+        return sys.stdin.buffer.read(max_bytes + 1)
     with open(name, "rb") as f:
         return f.read(max_bytes + 1)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
 
 from cds_tpi.errors import InputError
 from cds_tpi.service.config import ServiceConfig, is_loopback, load_config
-
-log = logging.getLogger("cds_tpi.service")
 
 CONFIG_ENV = "CDS_TPI_SERVICE_CONFIG"
 
@@ -48,7 +45,6 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
 
     config = build_config(config_file, host=host, port=port, workers=workers, database_url=database_url,
                           allow_unauthenticated=allow_unauthenticated)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # create the schema once here, so that several workers do not race to create it
     storage = Storage(config.database_url)
     try:
@@ -59,9 +55,26 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
         storage.dispose()
     os.environ[CONFIG_ENV] = config.to_json().decode()
     uvicorn.run("cds_tpi.service.app:app_from_environment", factory=True, host=config.host, port=config.port,
-                workers=config.workers, log_level=log_level, server_header=False, proxy_headers=False,
-                timeout_graceful_shutdown=10)
+                workers=config.workers, log_level=log_level, log_config=log_config(log_level), server_header=False,
+                proxy_headers=False, timeout_graceful_shutdown=10)
 
 
-if __name__ == "__main__":  # python -m cds_tpi.cli.serve (used by the tests before the CLI group exists)
+def log_config(level: str) -> dict:
+    """uvicorn's logging config plus our loggers (applied in every worker process too). httpx and
+    httpcore stay at WARNING: at INFO they log request URLs, which carry patient ids."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG  # noqa: PLC0415
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["cds_tpi"] = {"()": "uvicorn.logging.DefaultFormatter",
+                                       "fmt": "%(levelprefix)s %(name)s: %(message)s", "use_colors": False}
+    config["handlers"]["cds_tpi"] = {"formatter": "cds_tpi", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    config["loggers"]["cds_tpi"] = {"handlers": ["cds_tpi"], "level": level.upper(), "propagate": False}
+    for name in ("httpx", "httpcore"):
+        config["loggers"][name] = {"handlers": ["cds_tpi"], "level": "WARNING", "propagate": False}
+    return config
+
+
+if __name__ == "__main__":
     serve()

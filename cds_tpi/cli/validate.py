@@ -9,13 +9,13 @@ from ..errors import InputError
 from ..fhir.read import DEFAULT_MAX_BYTES, read_bytes
 from ..fhir.refs import ref_key
 from ..fhir.validate import validate_resource
-from .options import expand_inputs, fhir_version_option, format_option, read_input
+from .options import expand_inputs, fhir_version_option, format_option, max_bytes_option, read_input
 
 
-def validate_file(name: str, version: str) -> tuple[int, list[dict]]:
+def validate_file(name: str, version: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[int, list[dict]]:
     """(number of resources, problems) for one input file."""
     try:
-        doc = read_bytes(read_input(name, DEFAULT_MAX_BYTES), name)
+        doc = read_bytes(read_input(name, max_bytes), name, max_bytes)
     except OSError as e:
         return 0, [{"file": name, "location": "", "resource": "", "path": "", "message": f"cannot read: {e.strerror or e}"}]
     except InputError as e:
@@ -36,7 +36,8 @@ def validate_file(name: str, version: str) -> tuple[int, list[dict]]:
 @click.argument("paths", nargs=-1, required=True)
 @fhir_version_option
 @format_option
-def validate(paths: tuple[str, ...], fhir_version: str, fmt: str) -> None:
+@max_bytes_option
+def validate(paths: tuple[str, ...], fhir_version: str, fmt: str, max_bytes: int) -> None:
     """Validate FHIR files (Bundle, resource, NDJSON or CDS Hooks request) with fhir.resources.
 
     PATHS are files or directories (searched for *.json and *.ndjson); '-' reads stdin.
@@ -45,7 +46,7 @@ def validate(paths: tuple[str, ...], fhir_version: str, fmt: str) -> None:
     files = expand_inputs(paths)
     all_problems, n_resources, bad_files = [], 0, 0
     for name in files:
-        count, problems = validate_file(name, fhir_version)
+        count, problems = validate_file(name, fhir_version, max_bytes)
         n_resources += count
         bad_files += bool(problems)
         all_problems += problems

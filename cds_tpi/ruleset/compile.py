@@ -127,3 +127,43 @@ def _expr(value, rule: Rule):
                 left, right = right, left
             return {"$mul": {"$l": left, "$r": right}}
     return value
+
+
+def prefilter(rules: list[Rule]):
+    """A predicate that drops facts no pattern could ever match (a sound shortcut, not a rule).
+
+    Per fact type: the constraints every pattern of that type shares (a value set condition on
+    `vs`, or the same literal equality, outside any `or`). A fact that fails one of them cannot
+    match any pattern, so the engine need not see it. Types no rule mentions are dropped too.
+    """
+    shared: dict[str, dict] = {}
+    for rule in rules:
+        for alt in rule.alternatives:
+            for p in alt.patterns:
+                mine = {}
+                for field, cond in (p.where or {}).items():
+                    if field == "or":
+                        continue
+                    ops = as_ops(cond)
+                    if field == "vs" and ("any" in ops or "all" in ops):
+                        mine["vs"] = "non-empty"
+                    elif set(ops) == {"eq"} and isinstance(ops["eq"], (bool, str, int, float)):
+                        mine[field] = ops["eq"]
+                if p.fact not in shared:
+                    shared[p.fact] = mine
+                else:
+                    shared[p.fact] = {k: v for k, v in shared[p.fact].items() if mine.get(k, object()) == v}
+
+    def keep(fact: dict) -> bool:
+        need = shared.get(fact["t"])
+        if need is None:
+            return False
+        for field, value in need.items():
+            if field == "vs":
+                if not fact.get("vs"):
+                    return False
+            elif fact.get(field) != value:
+                return False
+        return True
+
+    return keep

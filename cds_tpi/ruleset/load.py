@@ -24,8 +24,14 @@ POLICY_FILE = "records.yaml"
 
 
 def default_rules_dir() -> Path:
-    """The rules/ folder next to the package (a source checkout or editable install)."""
-    return Path(__file__).resolve().parents[2] / "rules"
+    """rules/ of a source checkout, else the copy installed with the package (`cds_tpi_rules`)."""
+    checkout = Path(__file__).resolve().parents[2] / "rules"
+    if checkout.is_dir():
+        return checkout
+    try:
+        return Path(str(resources.files("cds_tpi_rules")))
+    except ModuleNotFoundError:
+        return checkout
 
 
 @dataclass

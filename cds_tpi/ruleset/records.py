@@ -56,6 +56,9 @@ class ResourcePolicy:
     exclude_ended_period: bool = False
 
 
+_ANY = ResourcePolicy()
+
+
 @dataclass(frozen=True)
 class RecordPolicy:
     tpi_order_valuesets: tuple[str, ...]
@@ -66,7 +69,7 @@ class RecordPolicy:
     resources: dict = field(default_factory=dict)
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
-        return self.resources.get(resource_type, ResourcePolicy())
+        return self.resources.get(resource_type, _ANY)
 
 
 def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPolicy | None:

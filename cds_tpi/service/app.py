@@ -6,7 +6,7 @@
        -> find the service (404) -> JWT (401) -> read the body within the limit (413)
        -> validate the CDS Hooks request (400) -> gate (is it a TPI?) -> complete the prefetch
           from fhirServer (412) -> engine -> cards
-    -> after the response: the audit row (a failure is logged and counted, never blocks).
+    -> the audit row, queued for a background writer (a failure is logged and counted, never blocks).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cds_tpi import __version__
 from cds_tpi.errors import InputError
+from cds_tpi.service.audit import AuditWriter
 from cds_tpi.service.auth import JtiStore, JwtVerifier
 from cds_tpi.service.config import ServiceConfig
 from cds_tpi.service.discovery import discovery_document
@@ -79,7 +79,7 @@ class ServiceState:
     storage: Storage
     verifier: JwtVerifier | None
     http: Any  # httpx.AsyncClient for FHIR fallback fetches
-    counters: dict[str, int] = field(default_factory=lambda: {"audit_failures": 0, "calls": 0})
+    audit: AuditWriter
 
 
 def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, storage: Storage | None = None) -> Starlette:
@@ -90,17 +90,20 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
         store = storage or Storage(config.database_url)
         await run_in_threadpool(store.create_schema)
         engine = evaluator or _load_evaluator(config)
+        _warm_up(engine)
         verifier = JwtVerifier(config, JtiStore(store.claim_jti)) if config.auth_enabled else None
         if verifier is None:
             log.warning("!!! NO JWT ISSUERS CONFIGURED: the CDS service accepts calls from anyone "
                         "who can reach %s:%s. Configure 'issuers' for production. !!!", config.host, config.port)
+        audit = AuditWriter(store).start()
         async with new_client(config) as http:
-            app.state.service = ServiceState(config, engine, store, verifier, http)
+            app.state.service = ServiceState(config, engine, store, verifier, http, audit)
             log.info("cds-tpi service ready (database %s, auth %s)", redact_url(config.database_url),
                      "JWT" if verifier else "OFF")
             try:
                 yield
             finally:
+                await run_in_threadpool(audit.close)
                 if storage is None:
                     store.dispose()
 
@@ -135,6 +138,25 @@ def _load_evaluator(config: ServiceConfig) -> Evaluator:
     return RealEvaluator.load(rules_dir=config.rules_dir)
 
 
+_WARM_UP_REQUEST = {
+    "hook": "order-sign", "hookInstance": "00000000-0000-4000-8000-000000000000",
+    "context": {"userId": "Practitioner/warm-up", "patientId": "warm-up", "draftOrders": {
+        "resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+            "resourceType": "ServiceRequest", "id": "warm-up", "status": "draft", "intent": "proposal",
+            "subject": {"reference": "Patient/warm-up"},
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}}}]}},
+    "prefetch": {"patient": {"resourceType": "Patient", "id": "warm-up", "birthDate": "1970-01-01"}},
+}
+
+
+def _warm_up(engine: Evaluator) -> None:
+    """One evaluation at start-up, so the first clinical call does not pay for lazy imports and caches."""
+    try:
+        engine.evaluate_request(_WARM_UP_REQUEST)
+    except Exception as e:
+        log.warning("engine warm-up failed: %s", type(e).__name__)
+
+
 def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
@@ -145,7 +167,7 @@ async def health(request: Request) -> Response:
     """Liveness: the engine is loaded; reports auth mode and audit write failures."""
     st = _state(request)
     return JSONResponse({"status": "ok", "version": __version__, "auth": "jwt" if st.verifier else "off",
-                         "auditFailures": st.counters["audit_failures"]})
+                         "auditFailures": st.audit.failures})
 
 
 async def openapi(request: Request) -> Response:
@@ -195,10 +217,9 @@ async def call_service(request: Request) -> Response:
             rule_ids=tuple(dict.fromkeys(str(f.rule_id) for f in evaluation.findings)) if evaluation else (),
             cards=tuple(_card_audit(c) for c in evaluation.cards) if evaluation else (),
         )
-        st.counters["calls"] += 1
         log.info("call service=%s hookInstance=%s status=%s outcome=%s cards=%d %.1fms", service.id, hook_instance,
                  status, outcome, len(record.cards), duration_ms)
-    response.background = BackgroundTask(_write_audit, st, record)
+    st.audit.submit(record)
     return response
 
 
@@ -247,15 +268,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _card_audit(card: dict) -> tuple[str, str | None, str]:
     topic = (card.get("source") or {}).get("topic") or {}
     return str(card.get("uuid", "")), topic.get("code"), str(card.get("indicator", ""))
-
-
-def _write_audit(st: ServiceState, record: AuditRecord) -> None:
-    try:
-        st.storage.write_audit(record)
-    except Exception as e:  # never let the audit block or break the clinical answer
-        st.counters["audit_failures"] += 1
-        log.error("audit row not written (service=%s hookInstance=%s): %s; %d failures so far",
-                  record.service, record.hook_instance, type(e).__name__, st.counters["audit_failures"])
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Nothing stored identifies a patient and no token is stored."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -164,20 +164,25 @@ class Storage:
         """Close pooled connections."""
         self.engine.dispose()
 
-    def write_audit(self, record: AuditRecord) -> None:
-        """Insert one audit row and its cards in one transaction."""
+    def write_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Insert audit rows and their cards, all in one transaction."""
+        if not records:
+            return
         with self.engine.begin() as conn:
-            audit_id = conn.execute(
-                audit.insert().values(
-                    at=record.at, service=record.service, hook_instance=record.hook_instance,
-                    status=record.status, outcome=record.outcome, rule_ids=" ".join(record.rule_ids),
-                    duration_ms=record.duration_ms,
-                )
-            ).inserted_primary_key[0]
-            if record.cards:
-                conn.execute(audit_card.insert(), [
-                    {"audit_id": audit_id, "card_uuid": u, "rule_id": r, "indicator": i} for u, r, i in record.cards
-                ])
+            ids = conn.execute(
+                audit.insert().returning(audit.c.id, sort_by_parameter_order=True),
+                [{"at": r.at, "service": r.service, "hook_instance": r.hook_instance, "status": r.status,
+                  "outcome": r.outcome, "rule_ids": " ".join(r.rule_ids), "duration_ms": r.duration_ms}
+                 for r in records],
+            ).scalars().all()
+            cards = [{"audit_id": audit_id, "card_uuid": u, "rule_id": rule, "indicator": i}
+                     for audit_id, r in zip(ids, records) for u, rule, i in r.cards]
+            if cards:
+                conn.execute(audit_card.insert(), cards)
+
+    def write_audit(self, record: AuditRecord) -> None:
+        """Insert one audit row and its cards."""
+        self.write_audits([record])
 
     def store_feedback(self, service: str, items: Sequence[FeedbackItem]) -> int:
         """Insert feedback idempotently (same card+outcome+timestamp = one row); returns rows added."""
@@ -195,11 +200,12 @@ class Storage:
         if not rows:
             return 0
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(feedback)
-        statement = insert.on_conflict_do_nothing(index_elements=["card_uuid", "outcome", "outcome_timestamp"])
+        statement = (insert.on_conflict_do_nothing(index_elements=["card_uuid", "outcome", "outcome_timestamp"])
+                     .returning(feedback.c.id))
         added = 0
         with self.engine.begin() as conn:
-            for row in rows:  # one by one: rowcount per row tells duplicates apart on both dialects
-                added += conn.execute(statement, row).rowcount
+            for row in rows:  # one by one: a returned id = a new row, none = a duplicate (both dialects)
+                added += len(conn.execute(statement, row).all())
         return added
 
     def claim_jti(self, iss: str, jti: str, exp: int) -> bool:
@@ -207,9 +213,8 @@ class Storage:
         with self.engine.begin() as conn:
             conn.execute(jwt_jti.delete().where(jwt_jti.c.exp < int(datetime.now(timezone.utc).timestamp()) - 3600))
             insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(jwt_jti)
-            result = conn.execute(insert.on_conflict_do_nothing(index_elements=["iss", "jti"]),
-                                  {"iss": iss, "jti": jti, "exp": exp})
-            return result.rowcount == 1
+            statement = insert.on_conflict_do_nothing(index_elements=["iss", "jti"]).returning(jwt_jti.c.jti)
+            return len(conn.execute(statement, {"iss": iss, "jti": jti, "exp": exp}).all()) == 1
 
     def rule_stats(self, top: int = 3) -> list[RuleStats]:
         """Per rule: cards shown, accepted, overridden and the most frequent override reasons."""
@@ -248,8 +253,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def iter_rule_ids(findings: Iterable[Any]) -> tuple[str, ...]:
-    """Distinct rule ids of the engine's findings, in order."""
-    return tuple(dict.fromkeys(str(f.rule_id) for f in findings))

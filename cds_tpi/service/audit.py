@@ -1,0 +1,68 @@
+"""The audit trail writer: records are queued by the request path and written in batches by one
+thread, so the clinical answer never waits for (or fails with) the database. A failed batch is
+logged and counted; records still queued at shutdown are flushed."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from cds_tpi.service.storage import AuditRecord, Storage
+
+log = logging.getLogger("cds_tpi.service")
+
+_STOP = object()
+
+
+class AuditWriter:
+    """Batches audit records into the database from a background thread."""
+
+    def __init__(self, storage: Storage, max_batch: int = 200, max_queue: int = 50_000):
+        self.storage = storage
+        self.max_batch = max_batch
+        self.failures = 0  # records not written
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._run, name="cds-tpi-audit", daemon=True)
+
+    def start(self) -> AuditWriter:
+        self._thread.start()
+        return self
+
+    def submit(self, record: AuditRecord) -> None:
+        """Queue a record; never blocks (a full queue counts as a failure)."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._failed(1, "queue full")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [] if item is _STOP else [item]
+            stop = item is _STOP
+            while not stop and len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                try:
+                    self.storage.write_audits(batch)
+                except Exception as e:  # never let the audit break the service
+                    self._failed(len(batch), type(e).__name__)
+            if stop:
+                return
+
+    def _failed(self, n: int, why: str) -> None:
+        self.failures += n
+        log.error("%d audit row(s) not written: %s; %d so far", n, why, self.failures)
