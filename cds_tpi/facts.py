@@ -12,7 +12,7 @@ from datetime import date, datetime, timezone
 
 from .fhir.refs import ResourceIndex, ref_key
 from .ruleset.records import RecordPolicy
-from .terminology import Terminology
+from .terminology import Terminology, _words
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
@@ -86,6 +86,7 @@ class FactBuilder:
         self.today = self.now.date()
         self.facts: list[dict] = []
         self.index = ResourceIndex()
+        self._cues = [tuple(_words(c)) for c in policy.text_negation_cues if _words(c)]
 
     # -- helpers ------------------------------------------------------------------------------
     def _emit(self, t: str, **fields) -> dict:
@@ -96,6 +97,15 @@ class FactBuilder:
     def _member(self, codes, texts) -> tuple[list[str], list[str]]:
         m = self.term.match(codes, texts)
         return sorted(m.all), sorted(m.by_text)
+
+    def _affirmed(self, texts: list[str]) -> list[str]:
+        """Texts without a negation or history cue (those are not matched by text)."""
+        out = []
+        for text in texts:
+            words = _words(text)
+            if not any(words[i : i + len(c)] == list(c) for c in self._cues for i in range(len(words) - len(c) + 1)):
+                out.append(text)
+        return out
 
     def _age_days(self, d: date | None) -> int | None:
         return (self.today - d).days if d else None
@@ -248,7 +258,7 @@ class FactBuilder:
 
     def _condition(self, r: dict) -> None:
         codes, texts = _codeable(r.get("code"))
-        vs, text_only = self._member(codes, texts)
+        vs, text_only = self._member(codes, self._affirmed(texts))
         name = _display(r.get("code"), "condition", (codes, texts))
         onset = parse_date(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
         base = dict(ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
@@ -294,16 +304,16 @@ class FactBuilder:
         self._emit("observation", **fields)
 
     def _mark_latest(self) -> None:
-        newest: dict[str, dict] = {}
-        for f in self.facts:
-            if f["t"] != "observation" or "age_days" not in f:
-                continue
-            cur = newest.get(f["code"])
-            if cur is None or f["age_days"] < cur["age_days"]:
-                newest[f["code"]] = f
-        for f in self.facts:
-            if f["t"] == "observation":
-                f["latest"] = newest.get(f["code"]) is f
+        """latest_in: the value sets in which this observation is the newest (ties: all of them)."""
+        newest: dict[str, int] = {}
+        observations = [f for f in self.facts if f["t"] == "observation"]
+        for f in observations:
+            if "age_days" in f:
+                for v in f["vs"]:
+                    if v not in newest or f["age_days"] < newest[v]:
+                        newest[v] = f["age_days"]
+        for f in observations:
+            f["latest_in"] = [v for v in f["vs"] if "age_days" in f and newest.get(v) == f["age_days"]]
 
     def _procedure(self, r: dict, administrations: list[dict]) -> None:
         codes, texts = _codeable(r.get("code"))
@@ -316,8 +326,9 @@ class FactBuilder:
             used_codes += c
             used_texts += t
         for note in r.get("note") or []:
-            if isinstance(note, dict) and note.get("text"):
-                used_texts.append(note["text"])
+            if isinstance(note, dict) and isinstance(note.get("text"), str):
+                # Notes are free text: one clause at a time, and clauses that deny ("no steroid") are dropped.
+                used_texts += self._affirmed(re.split(r"[.;\n]+", note["text"]))
         key = ref_key(r)
         for a in administrations:
             if any(self.index.key_for(p) == key for p in a.get("partOf") or []):

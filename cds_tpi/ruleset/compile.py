@@ -17,6 +17,7 @@ Grammar mapping (rules/README.md has the user view):
 from __future__ import annotations
 
 from ..errors import RuleError
+from .facttypes import VALUESET_FIELDS
 from .model import Pattern, Rule
 
 _CMP = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
@@ -56,7 +57,19 @@ def _pattern(p: Pattern, rule: Rule, terminology) -> dict:
     terms = [{"t": p.fact}]
     if p.where:
         terms += _where(p.where, rule, terminology)
-    return terms[0] if len(terms) == 1 else {"$and": terms}
+    return terms[0] if len(terms) == 1 else {"$and": _flatten(terms)}
+
+
+def _flatten(terms: list[dict]) -> list[dict]:
+    """Nested $and lifted into their parent: durable-rules dropped a sibling $gt with a reference
+    expression when a nested $and stood beside it (found by a sample; see tests/test_engine.py)."""
+    out = []
+    for t in terms:
+        if set(t) == {"$and"}:
+            out += _flatten(t["$and"])
+        else:
+            out.append(t)
+    return out
 
 
 def _where(where: dict, rule: Rule, terminology) -> list[dict]:
@@ -95,7 +108,7 @@ def _term(field: str, op: str, value, rule: Rule, terminology) -> dict:
     if op == "in":
         return {"$or": [{field: v} for v in value]} if len(value) > 1 else {field: value[0]}
     if op in ("any", "all", "none"):
-        ids = [_vs(v, terminology) for v in value] if field in ("vs", "text_only", "used_vs") else list(value)
+        ids = [_vs(v, terminology) for v in value] if field in VALUESET_FIELDS else list(value)
         if op == "all":
             terms = [{"$iany": {field: {"$i": v}}} for v in ids]
             return terms[0] if len(terms) == 1 else {"$and": terms}
@@ -145,8 +158,8 @@ def prefilter(rules: list[Rule]):
                     if field == "or":
                         continue
                     ops = as_ops(cond)
-                    if field == "vs" and ("any" in ops or "all" in ops):
-                        mine["vs"] = "non-empty"
+                    if field in VALUESET_FIELDS and ("any" in ops or "all" in ops):
+                        mine[field] = "non-empty"
                     elif set(ops) == {"eq"} and isinstance(ops["eq"], (bool, str, int, float)):
                         mine[field] = ops["eq"]
                 if p.fact not in shared:
@@ -159,8 +172,8 @@ def prefilter(rules: list[Rule]):
         if need is None:
             return False
         for field, value in need.items():
-            if field == "vs":
-                if not fact.get("vs"):
+            if value == "non-empty":
+                if not fact.get(field):
                     return False
             elif fact.get(field) != value:
                 return False

@@ -10,7 +10,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "site": COMMON | {"region", "order"},
     "condition": COMMON | {"region", "status", "onset_days"},
     "allergy": COMMON | {"criticality", "verification", "status"},
-    "observation": COMMON | {"value", "unit", "age_days", "latest", "code"},
+    "observation": COMMON | {"value", "unit", "age_days", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "used_vs", "status"},
     "inventory": {"t", "fid", "medications", "allergies", "conditions", "procedures", "observations",
                   "patient", "orders", "injectates", "sites"},
@@ -18,4 +18,4 @@ FACT_FIELDS: dict[str, set[str]] = {
 }
 
 # Fields holding value set ids (lint checks that the ids named against them exist).
-VALUESET_FIELDS = {"vs", "text_only", "used_vs", "region"}
+VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "region"}

@@ -19,6 +19,7 @@ _SCHEMA = {
         "tpi_order_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "injectate_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
+        "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "dose_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
         "observation_units": {
             "type": "object",
@@ -67,6 +68,7 @@ class RecordPolicy:
     dose_units: dict
     observation_units: dict
     resources: dict = field(default_factory=dict)
+    text_negation_cues: tuple[str, ...] = ()
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
         return self.resources.get(resource_type, _ANY)
@@ -115,4 +117,5 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         dose_units=plain["dose_units"],
         observation_units=plain["observation_units"],
         resources=resources,
+        text_negation_cues=tuple(plain.get("text_negation_cues", ())),
     )

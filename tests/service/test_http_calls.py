@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 
 import httpx
@@ -56,7 +55,6 @@ def test_openapi_request_schemas_accept_our_sample_requests(service):
     for hook, service_id in SERVICE_FOR_HOOK.items():
         schema = doc["paths"][f"/cds-services/{service_id}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         schema = {**schema, "components": doc["components"]}
-        schema = json.loads(json.dumps(schema).replace("#/components/", "#/components/"))
         jsonschema.Draft202012Validator(schema).validate(hook_request(hook))
         bad = hook_request(hook)
         bad["hookInstance"] = "not-a-uuid"
