@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+from urllib.parse import urlsplit
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "service" / "data"
 
@@ -44,43 +44,86 @@ def typical_request() -> dict:
     }
 
 
-async def run(url: str, concurrency: int, total: int, warmup: int, body: dict, token: str | None) -> int:
-    endpoint = url.rstrip("/") + "/cds-services/tpi-order-sign"
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams. httpx costs a few ms of CPU per
+    request, and the load driver shares the server's two cores: a heavy client measures itself."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self.writer.write(head.encode() + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("connection closed by server")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        payload = await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def run(url: str, concurrency: int, total: int, warmup: int, body: dict, token: str | None,
+              timeout: float = 30.0) -> int:
+    parsed = urlsplit(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit("the load driver only targets loopback addresses")
+    path = parsed.path.rstrip("/") + "/cds-services/tpi-order-sign"
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     latencies: list[float] = []
     errors: dict[str, int] = {}
     remaining = total + warmup
-    lock = asyncio.Lock()
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
         nonlocal remaining
-        while True:
-            async with lock:
-                if remaining <= 0:
-                    return
+        conn = Connection(parsed.hostname, parsed.port or 80)
+        try:
+            while remaining > 0:  # single-threaded event loop: no lock needed between awaits
                 remaining -= 1
                 measured = remaining < total
-            payload = json.dumps({**body, "hookInstance": str(uuid.uuid4())}).encode()
-            started = time.perf_counter()
-            try:
-                r = await http.post(endpoint, content=payload, headers=headers)
-                ok = r.status_code == 200 and "cards" in r.json()
-                kind = "" if ok else f"HTTP {r.status_code}"
-            except httpx.HTTPError as e:
-                kind = type(e).__name__
-            elapsed = (time.perf_counter() - started) * 1000
-            if measured:
-                latencies.append(elapsed)
-                if kind:
-                    errors[kind] = errors.get(kind, 0) + 1
+                payload = json.dumps({**body, "hookInstance": str(uuid.uuid4())}).encode()
+                started = time.perf_counter()
+                try:
+                    status, data = await asyncio.wait_for(conn.post(path, payload, headers), timeout)
+                    ok = status == 200 and "cards" in json.loads(data)
+                    kind = "" if ok else f"HTTP {status}"
+                except (OSError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+                    kind = type(e).__name__
+                    conn.close()
+                elapsed = (time.perf_counter() - started) * 1000
+                if measured:
+                    latencies.append(elapsed)
+                    if kind:
+                        errors[kind] = errors.get(kind, 0) + 1
+        finally:
+            conn.close()
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
     latencies.sort()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     n_err = sum(errors.values())

@@ -63,7 +63,7 @@ def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
 def card_for(f: Finding, drafts: dict[str, dict], patient: dict | None = None) -> dict:
     """One CDS Hooks card for one finding."""
     rule, ctx = f.rule, _context(f, patient)
-    summary = templates.render(rule.card["summary"], ctx)
+    summary = templates.render(rule.card["summary"], dict(ctx, short_labels=True))
     if len(summary) > SUMMARY_MAX:
         summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
     detail = templates.render(rule.card["detail"], ctx)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,7 +56,6 @@ class Evaluator:
         self.fhir_version = fhir_version
         self.engine = Engine(compile_rules(book.rules, book.terminology))
         self._could_match = prefilter(book.rules)
-        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, rules_dir: Path | str | None = None, fhir_version: str = "R4") -> "Evaluator":

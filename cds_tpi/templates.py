@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import functools
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, pass_context
 from jinja2.sandbox import SandboxedEnvironment
 
 
-def _label(fact: dict) -> str:
+def _label(fact: dict, short: bool) -> str:
     name = str(fact.get("name") or fact.get("ref") or "unnamed record")
     # Sites are named in free text as a rule; for drugs and diagnoses a name-only match is worth saying.
     if fact.get("t") not in ("site", "order") and fact.get("text_only") and not set(fact.get("vs", ())) - set(fact.get("text_only", ())):
-        name += " (matched by name only, no recognised code)"
+        name += " (by name)" if short else " (matched by name only, no recognised code)"
     return name
 
 
-def names(facts, sep: str = ", ") -> str:
+@pass_context
+def names(context, facts, sep: str = ", ") -> str:
     """Distinct display names of matched facts, joined; flags those matched by text only."""
+    short = bool(context.get("short_labels"))
     seen: list[str] = []
     for f in facts or ():
-        label = _label(f) if isinstance(f, dict) else str(f)
+        label = _label(f, short) if isinstance(f, dict) else str(f)
         if label not in seen:
             seen.append(label)
     if len(seen) <= 1:

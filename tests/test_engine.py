@@ -88,7 +88,7 @@ def test_absent_patterns_do_not_depend_on_fact_order(evaluator):
 
     facts = [
         {"t": "injectate", "fid": 1, "ref": "MedicationRequest/a", "name": "lidocaine", "vs": ["lidocaine", "local-anesthetics", "local-anesthetics-amide"], "text_only": [], "dose_mg": 100.0},
-        {"t": "observation", "fid": 2, "ref": "Observation/w", "name": "weight", "vs": ["body-weight"], "text_only": [], "unit": "kg", "value": 70.0, "age_days": 3, "latest": True, "code": "http://loinc.org|29463-7"},
+        {"t": "observation", "fid": 2, "ref": "Observation/w", "name": "weight", "vs": ["body-weight"], "text_only": [], "unit": "kg", "value": 70.0, "age_days": 3, "latest_in": ["body-weight"], "code": "http://loinc.org|29463-7"},
         {"t": "inventory", "fid": 3, "medications": 1, "allergies": 1, "conditions": 1, "procedures": 1, "observations": 1, "patient": 1, "orders": 0, "injectates": 1, "sites": 0},
     ]
     rng = random.Random(7)

@@ -9,6 +9,7 @@ rules depend on are checked here.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,10 @@ def _message(err: dict) -> str:
         return "unknown element"
     if kind == "missing":
         return "required element missing"
-    return msg.splitlines()[0][:200]
+    m = re.match(r"(\w+) value string does not match spec regex", msg)
+    if m:  # fhir.resources' wording for a malformed date, dateTime, id, code ...
+        return f"invalid {m.group(1)[0].lower() + m.group(1)[1:]}"
+    return msg.splitlines()[0][:200].rstrip(".")
 
 
 def validate_resource(resource: Any, version: str = "R4") -> tuple[Issue, ...]:

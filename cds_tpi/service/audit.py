@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 import threading
 
 from cds_tpi.service.storage import AuditRecord, Storage
@@ -18,7 +19,8 @@ _STOP = object()
 class AuditWriter:
     """Batches audit records into the database from a background thread."""
 
-    def __init__(self, storage: Storage, max_batch: int = 200, max_queue: int = 50_000):
+    def __init__(self, storage: Storage, max_batch: int = 500, max_queue: int = 50_000, linger_seconds: float = 0.05):
+        self.linger_seconds = linger_seconds
         self.storage = storage
         self.max_batch = max_batch
         self.failures = 0  # records not written
@@ -46,6 +48,10 @@ class AuditWriter:
             item = self._queue.get()
             batch = [] if item is _STOP else [item]
             stop = item is _STOP
+            if not stop:
+                # Linger briefly so that under load one commit carries many rows (a commit costs an
+                # fsync and holds the GIL-bound driver); close() still flushes at once.
+                time.sleep(self.linger_seconds)
             while not stop and len(batch) < self.max_batch:
                 try:
                     item = self._queue.get_nowait()
