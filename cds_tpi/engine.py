@@ -19,6 +19,10 @@ from .errors import EngineError
 
 RULESET = "tpi"
 _SINK = "__sink__"  # every fact matches its first pattern, so assert_facts never rejects a fact
+# Every batch carries one session marker fact that a rule always fires on. durable-rules crashes
+# the process (segfault / "free(): invalid pointer") in delete_state or get_state for a session in
+# which no action ran; with the marker an action always runs. See tests/test_engine.py.
+_SESSION = "__session__"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Engine:
             "all": [{"m": {"$ex": {"t": 1}}}, {"n": {"t": "__no_such_fact__"}}],
             "run": self._action(_SINK),
         }
+        ruleset[_SESSION] = {"all": [{"m": {"t": _SESSION}}], "run": lambda c: None}
         self._host = _durable.Host()
         try:
             self._host.set_rulesets({RULESET: ruleset})
@@ -63,11 +68,10 @@ class Engine:
 
     def run(self, facts: list[dict]) -> list[Match]:
         """Every firing for this set of facts. Facts are not modified."""
-        if not facts:
-            return []
         with self._lock:
             sid = str(next(self._sids))
             batch = [dict(f, sid=sid) for f in facts]
+            batch.append({"t": _SESSION, "sid": sid})
             self._collected = []
             try:
                 self._host.assert_facts(RULESET, batch)

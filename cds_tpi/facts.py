@@ -26,6 +26,7 @@ class Inputs:
     record: list[dict]                     # the patient's record
     drafts: list[dict] | None = None       # draft orders (CDS Hooks draftOrders); None = take drafts from the record
     gaps: list[tuple[str, str]] = field(default_factory=list)   # (ref or location, what could not be read)
+    checked: set[str] = field(default_factory=set)               # record lists looked up, even if empty
     full_urls: dict[int, str] = field(default_factory=dict)     # id(resource) -> fullUrl
 
 
@@ -235,7 +236,7 @@ class FactBuilder:
         orders, injectates = self._orders(drafts)
         counts["orders"], counts["injectates"] = len(orders), len(injectates)
         counts["sites"] = sum(1 for f in self.facts if f["t"] == "site")
-        self._emit("inventory", **counts)
+        self._emit("inventory", checked=sorted(inputs.checked), **counts)
         return self.facts
 
     def _patient(self, r: dict) -> None:

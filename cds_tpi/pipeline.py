@@ -99,12 +99,13 @@ class Evaluator:
             return None
         return r
 
-    def evaluate_document(self, doc: Document, *, gaps=(), now: datetime | None = None) -> Evaluation:
+    def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
         started = time.perf_counter()
         skipped: list[str] = []
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
-        inputs = Inputs(record=[], drafts=None if doc.draft_orders is None else [], gaps=gap_list)
+        inputs = Inputs(record=[], drafts=None if doc.draft_orders is None else [], gaps=gap_list,
+                        checked=set(doc.checked) | set(checked))
         for loc in doc.resources:
             r = self._accept(loc, skipped, gap_list)
             if r is not None:
@@ -127,9 +128,13 @@ class Evaluator:
         cards = cards_for(findings, drafts, patient)
         return Evaluation({"cards": cards}, findings, facts, skipped, time.perf_counter() - started)
 
-    def evaluate_request(self, request: dict, *, gaps=(), now: datetime | None = None) -> Evaluation:
-        """Evaluate a CDS Hooks request whose prefetch holds the data (missing keys already fetched)."""
-        return self.evaluate_document(read_object(request, "request"), gaps=gaps, now=now)
+    def evaluate_request(self, request: dict, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
+        """Evaluate a CDS Hooks request whose prefetch holds the data (missing keys already fetched).
+
+        `checked`: record lists (medications, allergies, conditions, procedures, observations) the
+        caller knows were looked up even if empty; prefetch keys that are null or a searchset are
+        recognised by themselves."""
+        return self.evaluate_document(read_object(request, "request"), gaps=gaps, checked=checked, now=now)
 
     def evaluate_resources(self, resources: list[dict], *, draft_orders: list[dict] | None = None,
                            gaps=(), now: datetime | None = None) -> Evaluation:

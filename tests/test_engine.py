@@ -99,3 +99,30 @@ def test_absent_patterns_do_not_depend_on_fact_order(evaluator):
     without_weight = [f for f in facts if f["t"] != "observation"]
     findings = collect(evaluator.engine.run(without_weight), evaluator.rules)
     assert [f.rule_id for f in findings] == ["missing-data"]
+
+
+@pytest.mark.parametrize("facts", [
+    [{"t": "x", "fid": 1, "c": []}],
+    [{"t": "x", "fid": 1, "c": ["b"]}],
+    [{"t": "x", "fid": 1}],
+    [],
+], ids=["empty-list", "no-match", "missing-field", "no-facts"])
+def test_sessions_in_which_nothing_fires_do_not_crash_the_process(facts):
+    """durable-rules segfaulted in delete_state/get_state when no action ran in a session; run in
+    a child process so that a regression fails this test instead of killing the test run."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from cds_tpi.engine import Engine\n"
+        "e = Engine({'n#0': {'all': [{'m': {'$and': [{'t': 'x'}, {'$iany': {'c': {'$i': 'a'}}}]}}]},\n"
+        "            'm#0': {'all': [{'m': {'$and': [{'t': 'x'}, {'$iall': {'c': {'$neq': {'$i': 'a'}}}}]}}]}})\n"
+        "facts = json.loads(sys.argv[1])\n"
+        "print(json.dumps([sorted(m.rule for m in e.run(facts)) for _ in range(3)]))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, json.dumps(facts)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, f"engine process died: {p.returncode} {p.stderr[-300:]}"
+    runs = json.loads(p.stdout)
+    assert runs[0] == runs[1] == runs[2]

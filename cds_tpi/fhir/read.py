@@ -35,6 +35,7 @@ class Document:
     draft_orders: list[Located] | None = None
     request: dict | None = None
     notes: list[str] = field(default_factory=list)  # data the client said it could not give
+    checked: set[str] = field(default_factory=set)  # record lists the client looked up (even if empty)
 
     @property
     def hook(self) -> str | None:
@@ -132,10 +133,14 @@ def _read_hook_request(obj: dict, name: str) -> Document:
         raise InputError("CDS Hooks request: prefetch must be an object", name)
     for key, value in prefetch.items():
         if value is None:
-            continue  # null = the client looked and there is no data
+            doc.checked |= _categories_of_key(key)  # null = the client looked and there is no data
+            continue
         if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
             doc.notes.append(f"prefetch '{key}': the EHR could not provide it (OperationOutcome)")
             continue
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            # A searchset, even an empty one, is a list the EHR looked up.
+            doc.checked |= _categories_of_bundle(value) or _categories_of_key(key)
         _collect(value, f"prefetch.{key}", doc.resources)
     drafts = context.get("draftOrders")
     if drafts is not None:
@@ -145,3 +150,35 @@ def _read_hook_request(obj: dict, name: str) -> Document:
     if appointments is not None:
         _collect(appointments, "context.appointments", doc.resources)
     return doc
+
+
+# Record lists by the resource types that make them up (the `checked` field of the inventory fact).
+CATEGORIES = {
+    "MedicationRequest": "medications", "MedicationStatement": "medications", "AllergyIntolerance": "allergies",
+    "Condition": "conditions", "Procedure": "procedures", "Observation": "observations", "Patient": "patient",
+}
+_KEY_HINTS = (("medication", "medications"), ("allerg", "allergies"), ("condition", "conditions"),
+              ("problem", "conditions"), ("procedure", "procedures"), ("observation", "observations"),
+              ("patient", "patient"))
+
+
+def _categories_of_key(key: str) -> set[str]:
+    """Which record list a prefetch key holds, from its name (e.g. medicationRequests -> medications)."""
+    k = key.lower()
+    return {cat for hint, cat in _KEY_HINTS if hint in k}
+
+
+def _categories_of_bundle(bundle: dict) -> set[str]:
+    cats = set()
+    for entry in bundle.get("entry") or []:
+        r = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(r, dict) and (entry.get("search") or {}).get("mode", "match") == "match":
+            cat = CATEGORIES.get(r.get("resourceType"))
+            if cat:
+                cats.add(cat)
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "self" and isinstance(link.get("url"), str):
+            path = link["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+            if path in CATEGORIES:
+                cats.add(CATEGORIES[path])
+    return cats

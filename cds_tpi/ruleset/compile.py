@@ -3,7 +3,8 @@
 Grammar mapping (rules/README.md has the user view):
   field: v / {eq: v}   -> {field: v}            {ne: v} -> {"$neq": {field: v}}
   {lt|lte|gt|gte: v}   -> {"$lt": {field: v}}    {in: [a, b]} -> {"$or": [{field: a}, {field: b}]}
-  {any: [a, b]}        -> array field holds a or b   {all: [a, b]} -> holds both   {none: [a]} -> holds neither
+  {any: [a, b]}        -> array field holds a or b   {all: [a, b]} -> holds both
+  {none: [a, b]}       -> holds neither: a probe rule (see compile_rules), never durable's $iall
   {exists: true/false} -> {"$ex"/"$nex": {field: 1}}
   values: literal | {param: p} (inlined at compile time) | {ref: pattern.field} | {mul: [x, y]}
   absent: true         -> NOT compiled to durable's "$not": that fires as soon as the positive facts
@@ -35,15 +36,53 @@ def split_name(name: str) -> tuple[str, int, int | None]:
 
 
 def compile_rules(rules: list[Rule], terminology) -> dict[str, dict]:
-    """{durable rule name: definition}; params are inlined, value set names resolved to ids."""
+    """{durable rule name: definition}; params are inlined, value set names resolved to ids.
+
+    Negations never reach durable-rules: an `absent` pattern and a `none` condition each become a
+    probe rule (the alternative with the negated part stated positively); findings drop a main
+    firing when a probe fired on the same facts. durable's `$not` depended on fact order, and its
+    `$iall` is false for an empty list and crashed the engine in some sessions.
+    """
     out: dict[str, dict] = {}
     for rule in rules:
         for alt in rule.alternatives:
-            present = [{p.name: _pattern(p, rule, terminology)} for p in alt.patterns if not p.absent]
-            out[durable_name(rule.id, alt.index)] = {"all": present}
-            for n, p in enumerate(q for q in alt.patterns if q.absent):
-                out[durable_name(rule.id, alt.index, n)] = {"all": present + [{p.name: _pattern(p, rule, terminology)}]}
+            present = [p for p in alt.patterns if not p.absent]
+            main = [{p.name: _pattern(_without_none(p), rule, terminology)} for p in present]
+            out[durable_name(rule.id, alt.index)] = {"all": main}
+            probes = [main + [{p.name: _pattern(p, rule, terminology)}] for p in alt.patterns if p.absent]
+            for i, p in enumerate(present):
+                for field, ids in _nones(p):
+                    for one in ids:  # "holds none of a, b" is blocked by a probe holding a, and one holding b
+                        positive = _require(_without_none(p), field, one)
+                        probes.append(main[:i] + [{p.name: _pattern(positive, rule, terminology)}] + main[i + 1:])
+            for n, probe in enumerate(probes):
+                out[durable_name(rule.id, alt.index, n)] = {"all": probe}
     return out
+
+
+def _nones(p: Pattern) -> list[tuple[str, list]]:
+    return [(f, as_ops(c)["none"]) for f, c in (p.where or {}).items() if f != "or" and "none" in as_ops(c)]
+
+
+def _without_none(p: Pattern) -> Pattern:
+    """The pattern with its `none` conditions left out."""
+    where = {}
+    for f, c in (p.where or {}).items():
+        ops = as_ops(c) if f != "or" else None
+        if ops is not None and "none" in ops:
+            rest = {k: v for k, v in ops.items() if k != "none"}
+            if rest:
+                where[f] = rest
+        else:
+            where[f] = c
+    return Pattern(p.name, p.fact, where, p.absent, p.min_count)
+
+
+def _require(p: Pattern, field: str, value: str) -> Pattern:
+    """The pattern with one more element its list field must hold (an `all` condition)."""
+    ops = dict(as_ops(p.where[field])) if field in p.where else {}
+    ops["all"] = list(ops.get("all", [])) + [value]
+    return Pattern(p.name, p.fact, {**p.where, field: ops}, p.absent, p.min_count)
 
 
 def resolve_value(value, rule: Rule):
@@ -107,7 +146,9 @@ def _term(field: str, op: str, value, rule: Rule, terminology) -> dict:
         return {"$ex" if value else "$nex": {field: 1}}
     if op == "in":
         return {"$or": [{field: v} for v in value]} if len(value) > 1 else {field: value[0]}
-    if op in ("any", "all", "none"):
+    if op == "none":
+        raise RuleError(f"rule {rule.id}: 'none' is only allowed at the top level of a pattern's where")
+    if op in ("any", "all"):
         ids = [_vs(v, terminology) for v in value] if field in VALUESET_FIELDS else list(value)
         if op == "all":
             terms = [{"$iany": {field: {"$i": v}}} for v in ids]
@@ -115,8 +156,6 @@ def _term(field: str, op: str, value, rule: Rule, terminology) -> dict:
         if op == "any":
             inner = {"$or": [{"$i": v} for v in ids]} if len(ids) > 1 else {"$i": ids[0]}
             return {"$iany": {field: inner}}
-        inner = {"$and": [{"$neq": {"$i": v}} for v in ids]} if len(ids) > 1 else {"$neq": {"$i": ids[0]}}
-        return {"$iall": {field: inner}}
     expr = _expr(value, rule)
     if field == "region" and isinstance(expr, str):
         expr = _vs(expr, terminology) if expr != "unknown" else expr

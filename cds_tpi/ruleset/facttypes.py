@@ -12,7 +12,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "allergy": COMMON | {"criticality", "verification", "status"},
     "observation": COMMON | {"value", "unit", "age_days", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "used_vs", "status"},
-    "inventory": {"t", "fid", "medications", "allergies", "conditions", "procedures", "observations",
+    "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",
                   "patient", "orders", "injectates", "sites"},
     "gap": {"t", "fid", "ref", "name"},
 }

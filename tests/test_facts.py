@@ -1,0 +1,107 @@
+"""Facts and record policy: what counts as current, what counts as looked up, text matching limits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from .conftest import NOW
+
+RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+WARFARIN = {"coding": [{"system": RX, "code": "855332", "display": "warfarin sodium 5 MG Oral Tablet"}]}
+PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}
+
+
+def _request(**prefetch):
+    base = {"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+            "context": {"userId": "Practitioner/u", "patientId": "p1"}, "prefetch": {"patient": PATIENT}}
+    base["prefetch"].update(prefetch)
+    return base
+
+
+def _searchset(*resources):
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+
+
+def _notes(evaluation):
+    card = next((c for c in evaluation.cards if c["source"]["topic"]["code"] == "missing-data"), None)
+    return card["detail"] if card else ""
+
+
+def test_missing_prefetch_keys_are_reported_missing(evaluator):
+    notes = _notes(evaluator.evaluate_request(_request(), now=NOW))
+    for what in ("No medication records", "No allergy records", "No problem list"):
+        assert what in notes
+
+
+def test_null_and_empty_searchset_mean_looked_up_and_none(evaluator):
+    ev = evaluator.evaluate_request(_request(medicationRequests=None, allergies=_searchset(), conditions=None), now=NOW)
+    assert "missing-data" not in ev.rule_ids
+
+
+def test_operation_outcome_prefetch_is_missing_and_named(evaluator):
+    oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    ev = evaluator.evaluate_request(_request(medicationRequests=oo, allergies=None, conditions=None), now=NOW)
+    notes = _notes(ev)
+    assert "No medication records" in notes and "medicationRequests" in notes
+
+
+@pytest.mark.parametrize("status,counts", [("active", True), ("on-hold", True), ("unknown", True),
+                                           ("stopped", False), ("completed", False), ("entered-in-error", False)])
+def test_medication_request_status_policy(evaluator, status, counts):
+    mr = {"resourceType": "MedicationRequest", "id": "m1", "status": status, "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": WARFARIN}
+    ev = evaluator.evaluate_request(_request(medicationRequests=_searchset(mr), allergies=None, conditions=None), now=NOW)
+    assert ("anticoagulant" in ev.rule_ids) is counts
+
+
+def _condition(**extra):
+    c = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91302008", "display": "Sepsis"}]}}
+    c.update(extra)
+    return c
+
+
+@pytest.mark.parametrize("condition,counts", [
+    (_condition(), True),
+    ({k: v for k, v in _condition().items() if k != "clinicalStatus"}, True),  # unknown status is not safe
+    (_condition(clinicalStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]}), False),
+    (_condition(verificationStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "refuted"}]}), False),
+    (_condition(abatementDateTime="2026-01-01"), False),
+    (_condition(abatementDateTime="2027-01-01"), True),
+    (_condition(code={"text": "Sepsis due to E. coli"}), True),           # text only
+    (_condition(code={"text": "History of sepsis (2019)"}), False),       # negation/history cue
+])
+def test_condition_policy_and_text(evaluator, condition, counts):
+    ev = evaluator.evaluate_request(_request(medicationRequests=None, allergies=None, conditions=_searchset(condition)), now=NOW)
+    assert ("systemic-infection" in ev.rule_ids) is counts
+
+
+def test_text_only_match_is_said_on_the_card(evaluator):
+    mr = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": {"text": "Eliquis 5 mg tablet"}}
+    ev = evaluator.evaluate_request(_request(medicationRequests=_searchset(mr), allergies=None, conditions=None), now=NOW)
+    card = next(c for c in ev.cards if c["source"]["topic"]["code"] == "anticoagulant")
+    assert "(by name)" in card["summary"]
+    assert "matched by name only, no recognised code" in card["detail"]
+
+
+def test_contained_medication_and_reference(evaluator):
+    mr = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "#med"},
+          "contained": [{"resourceType": "Medication", "id": "med", "code": WARFARIN}]}
+    ev = evaluator.evaluate_request(_request(medicationRequests=_searchset(mr), allergies=None, conditions=None), now=NOW)
+    assert "anticoagulant" in ev.rule_ids
+    dangling = copy.deepcopy(mr)
+    dangling.pop("contained")
+    dangling["medicationReference"] = {"reference": "Medication/nowhere"}
+    ev = evaluator.evaluate_request(_request(medicationRequests=_searchset(dangling), allergies=None, conditions=None), now=NOW)
+    assert "anticoagulant" not in ev.rule_ids
+    assert "Medication/nowhere" in _notes(ev) and "could not be resolved" in _notes(ev)
+
+
+def test_same_input_same_rule_ids(evaluator):
+    req = _request(medicationRequests=None, allergies=None, conditions=_searchset(_condition()))
+    assert evaluator.evaluate_request(req, now=NOW).rule_ids == evaluator.evaluate_request(copy.deepcopy(req), now=NOW).rule_ids
