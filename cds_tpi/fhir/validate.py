@@ -9,7 +9,10 @@ rules depend on are checked here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,15 +104,36 @@ def validate_resource(resource: Any, version: str = "R4") -> tuple[Issue, ...]:
     if not isinstance(resource, dict):
         return (Issue("", "not a JSON object"),)
     try:
-        key = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+        content = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return (Issue("", "not serialisable JSON"),)
-    return _validate_cached(key, version)
+    key = (hashlib.blake2b(content, digest_size=16).digest(), version)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    issues = _validate(resource, version)
+    with _cache_lock:
+        _cache[key] = issues
+        if len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return issues
 
 
-@functools.lru_cache(maxsize=8192)
-def _validate_cached(key: bytes, version: str) -> tuple[Issue, ...]:
-    resource = orjson.loads(key)
+# Validation results by content digest (not by content: a few huge resources must not pin memory).
+CACHE_SIZE = 20_000
+_cache: OrderedDict = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget cached validation results (benchmarks measure cold validation with it)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _validate(resource: dict, version: str) -> tuple[Issue, ...]:
     rt = resource.get("resourceType")
     if not isinstance(rt, str):
         return (Issue("resourceType", "missing or not a string"),)
