@@ -36,6 +36,24 @@ def _render_obj(obj, ctx):
     return obj
 
 
+def _without_empty(obj):
+    """A copy of FHIR JSON without empty values ("", [], {}, null members), which FHIR JSON forbids and
+    CDS Hooks responses must not carry. fhir.resources accepts some of them (e.g. `"reference": ""`),
+    so a draft echoed back in an update action is cleaned. Nulls inside arrays (primitive extension
+    alignment) are kept."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            v = _without_empty(v)
+            if v is not None and v != "" and v != [] and v != {}:
+                out[k] = v
+        return out
+    if isinstance(obj, list):
+        items = [_without_empty(v) for v in obj]
+        return [v for v in items if v != "" and v != [] and v != {}]
+    return obj
+
+
 def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
     items = ctx.get(spec["for_each"], []) if "for_each" in spec else [None]
     out = []
@@ -48,12 +66,13 @@ def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
                 continue  # only draft orders can be removed
             action["resourceId"] = rid
         elif spec["type"] == "create":
-            action["resource"] = _render_obj(spec["resource"], c)
+            # (a template whose value is unknown - e.g. no valid Patient, so no subject - renders empty)
+            action["resource"] = _without_empty(_render_obj(spec["resource"], c))
         else:  # update: the draft with a note added
             target = drafts.get(templates.render(spec["target"], c))
             if target is None:
                 continue
-            resource = copy.deepcopy(target)
+            resource = _without_empty(copy.deepcopy(target))
             resource["note"] = list(resource.get("note") or []) + [{"text": templates.render(spec["note"], c)}]
             action["resource"] = resource
         out.append(action)

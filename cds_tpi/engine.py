@@ -4,6 +4,13 @@ One Host per process, every call under one lock (durable-rules is not thread-saf
 session id per evaluation whose state is deleted in `finally` (live sessions leak ~224 KiB each
 and the engine dies after 1,024 of them), and exceptions raised inside actions - which durable
 swallows into the session state - are read back and raised as EngineError.
+
+durable's Host also starts two background threads that poll every ruleset every 0.2 s and run any
+queued action (`dispatch`, `dispatch_timers`) outside our lock, swallowing their errors. During a
+slow evaluation (megabytes of facts) that thread took actions of the running session: a finding
+went missing from the answer, nondeterministically, with only "error code: 307" in the log. All
+our actions run synchronously inside assert_facts and we use no timers, so `_Host` starts no
+threads. See tests/test_engine.py and tests/test_fuzz.py.
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ _SINK = "__sink__"  # every fact matches its first pattern, so assert_facts neve
 # the process (segfault / "free(): invalid pointer") in delete_state or get_state for a session in
 # which no action ran; with the marker an action always runs. See tests/test_engine.py.
 _SESSION = "__session__"
+
+
+class _Host(_durable.Host):
+    """A durable Host without its background dispatch and timer threads (see the module docstring)."""
+
+    def _run(self):
+        pass
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,7 @@ class Engine:
             "run": self._action(_SINK),
         }
         ruleset[_SESSION] = {"all": [{"m": {"t": _SESSION}}], "run": lambda c: None}
-        self._host = _durable.Host()
+        self._host = _Host()
         try:
             self._host.set_rulesets({RULESET: ruleset})
         except Exception as e:  # the C engine reports bad definitions only by number

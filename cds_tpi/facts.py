@@ -69,6 +69,13 @@ def _display(cc, fallback: str = "", parsed=None) -> str:
     return texts[0] if texts else (f"{codes[0][0].rsplit('/', 1)[-1]} {codes[0][1]}" if codes else fallback)
 
 
+def _printable(text: str) -> str:
+    """text with lone surrogates written as \\udXXX escapes. Names of skipped records come from input that
+    was not valid (e.g. a Python dict holding "\\ud800"); durable-rules rejects such strings, and no JSON
+    encoder writes them as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _coding_code(cc) -> str | None:
     if isinstance(cc, dict):
         for c in cc.get("coding") or []:
@@ -203,7 +210,7 @@ class FactBuilder:
             drafts = [r for r in record if r.get("status") == "draft" and r.get("resourceType") in ("ServiceRequest", "MedicationRequest")]
             record = [r for r in record if not any(r is d for d in drafts)]
         for ref, what in inputs.gaps:
-            self._emit("gap", ref=ref, name=what)
+            self._emit("gap", ref=_printable(ref), name=_printable(what))
 
         counts = dict(medications=0, allergies=0, conditions=0, procedures=0, observations=0, patient=0, orders=0, injectates=0, sites=0)
         administrations = [r for r in record if r.get("resourceType") == "MedicationAdministration"]
@@ -380,8 +387,9 @@ class FactBuilder:
             fields = dict(ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
                           order=next(iter(based_on & order_keys), "") or "")
             dose_mg, dose_text = self._dose_mg(r, med, name, texts)
-            if dose_text:
-                fields["dose_text"] = dose_text
+            # dose_text is always present ("" when the order has no dose at all): rule templates read it
+            # (`{% if d.dose_text %}`) and render strictly. dose_mg is present only when known.
+            fields["dose_text"] = dose_text
             if dose_mg is not None:
                 fields["dose_mg"] = dose_mg
             injectates.append(self._emit("injectate", **fields))

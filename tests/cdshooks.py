@@ -1,8 +1,16 @@
-"""One shared assertion: a response is a well-formed CDS Hooks 2.0 response (checklist in shared/cds-hooks)."""
+"""One shared assertion: a response is a well-formed CDS Hooks 2.0 response (checklist in shared/cds-hooks).
+
+`assert_cds_response` checks a response against cds_tpi/schemas/cds-hooks-response.schema.json and
+then cds-tpi's own stricter rules (card uuids always set, cards sorted, one card per rule, ...);
+`assert_discovery` checks a discovery document. Every response the CLI or the service produces in
+a test goes through one of them.
+"""
 
 from __future__ import annotations
 
 import uuid
+
+from cds_tpi.schemas import errors as schema_errors
 
 INDICATORS = {"info", "warning", "critical"}
 
@@ -17,7 +25,23 @@ def _no_empty(obj, path="$"):
             _no_empty(v, f"{path}[{i}]")
 
 
+def assert_schema(name: str, instance) -> None:
+    """`instance` is valid against the named cds_tpi schema; the message lists every violation."""
+    problems = schema_errors(name, instance)
+    assert not problems, f"not a valid {name} document:\n  " + "\n  ".join(problems)
+
+
+def assert_discovery(doc: dict) -> None:
+    """A CDS Hooks 2.0 discovery document (GET /cds-services), as cds-tpi sends it."""
+    assert_schema("cds-hooks-discovery", doc)
+    for service in doc["services"]:  # "services": [] is allowed; nothing else may be empty
+        _no_empty(service)
+    ids = [s["id"] for s in doc["services"]]
+    assert len(ids) == len(set(ids)), f"service ids must be unique: {ids}"
+
+
 def assert_cds_response(response: dict) -> None:
+    assert_schema("cds-hooks-response", response)
     assert set(response) <= {"cards", "systemActions"}, response.keys()
     assert isinstance(response["cards"], list)
     for card in response["cards"]:

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from cds_tpi.cli import cli
 
-from .conftest import SYNTHEA
+from .cdshooks import assert_cds_response
+from .conftest import SAMPLES, SYNTHEA
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-01"}
 
@@ -40,6 +41,13 @@ def files(tmp_path):
 
 def run(*args, input=None):
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def response_of(r) -> dict:
+    """The CDS Hooks response a `--format json` run printed for its single input, checked by the shared helper."""
+    response = json.loads(r.stdout)
+    assert_cds_response(response)
+    return response
 
 
 def test_validate_valid_file(files):
@@ -116,9 +124,25 @@ def test_evaluate_json_single_input_is_exact_cds_hooks_response(files):
     _, good, _ = files
     r = run("evaluate", "--format", "json", "--now", "2026-11-24", str(good))
     assert r.exit_code == 0
-    response = json.loads(r.output)
+    response = response_of(r)
     assert list(response) == ["cards"]
     assert "anticoagulant" in [c["source"]["topic"]["code"] for c in response["cards"]]
+
+
+def test_evaluate_json_several_inputs_maps_each_to_a_valid_response():
+    r = run("evaluate", "--format", "json", "--now", "2026-11-24", str(SAMPLES))
+    assert r.exit_code == 0, r.output
+    responses = json.loads(r.stdout)
+    assert len(responses) == len(list(SAMPLES.glob("*.json")) + list(SAMPLES.glob("*.ndjson")))
+    for response in responses.values():
+        assert_cds_response(response)
+
+
+def test_evaluate_json_stdin_is_a_valid_response(files):
+    _, good, _ = files
+    r = run("evaluate", "--format", "json", "--now", "2026-11-24", "-", input=good.read_text())
+    assert r.exit_code == 0
+    assert "anticoagulant" in [c["source"]["topic"]["code"] for c in response_of(r)["cards"]]
 
 
 def test_evaluate_stdin_and_fail_on(files):
@@ -132,7 +156,7 @@ def test_evaluate_stdin_and_fail_on(files):
 def test_evaluate_skips_invalid_resource_and_says_so(files):
     _, _, bad = files
     r = run("evaluate", "--format", "json", "--now", "2026-11-24", str(bad))
-    cards = {c["source"]["topic"]["code"]: c for c in json.loads(r.output)["cards"]}
+    cards = {c["source"]["topic"]["code"]: c for c in response_of(r)["cards"]}
     assert "anticoagulant" in cards  # the valid warfarin statements still count
     assert "MedicationStatement/ms1" in cards["missing-data"]["detail"]
     assert "effectiveDateTime" in cards["missing-data"]["detail"]
@@ -142,7 +166,7 @@ def test_injectate_and_site_synthesize_an_order(files):
     _, good, _ = files
     r = run("evaluate", "--format", "json", "--now", "2026-11-24", "--injectate", "lidocaine:400mg,triamcinolone:40mg",
             "--site", "trapezius", str(good))
-    ids = {c["source"]["topic"]["code"]: c["indicator"] for c in json.loads(r.output)["cards"]}
+    ids = {c["source"]["topic"]["code"]: c["indicator"] for c in response_of(r)["cards"]}
     assert ids["anesthetic-dose"] == "critical"
     assert ids["thoracic-site"] == "info"
 
@@ -168,12 +192,13 @@ def test_r5_is_selectable(tmp_path):
     f.write_text(json.dumps(_bundle(PATIENT, cond)))
     r = run("evaluate", "--fhir-version", "R5", "--format", "json", str(f))
     assert "systemic-infection" in r.output
+    response_of(r)
     r4_only = tmp_path / "r4.json"
     r4_only.write_text(json.dumps(_bundle(PATIENT, _ms("ms0"))))
     # medicationCodeableConcept is R4 only: under R5 the statement is skipped and named
     r = run("evaluate", "--fhir-version", "R5", "--format", "json", str(r4_only))
     assert "MedicationStatement/ms0" in r.output and "anticoagulant" not in json.dumps(
-        [c["source"]["topic"]["code"] for c in json.loads(r.output)["cards"]])
+        [c["source"]["topic"]["code"] for c in response_of(r)["cards"]])
 
 
 def test_console_script_never_prints_a_traceback(tmp_path):

@@ -41,22 +41,36 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
     """Serve the CDS Hooks 2.0 endpoints (discovery, 4 services, feedback) over HTTP."""
     import uvicorn  # noqa: PLC0415 - only this command needs it
 
-    from cds_tpi.service.storage import Storage  # noqa: PLC0415
+    from cds_tpi.service.storage import Storage, redact_url  # noqa: PLC0415
 
     config = build_config(config_file, host=host, port=port, workers=workers, database_url=database_url,
                           allow_unauthenticated=allow_unauthenticated)
-    # create the schema once here, so that several workers do not race to create it
+    # Create the schema once here, so that several workers do not race to create it, and refuse to
+    # start on a database that cannot be written (read-only file, server down, no permission): the
+    # audit trail and clinician feedback would be lost from the first call on. A database that
+    # fails later, mid-run, does not stop the service: cards are still answered, feedback gets 503
+    # (the EHR retries), audit rows that cannot be written are counted in /health and logged.
     storage = Storage(config.database_url)
     try:
         storage.create_schema()
+        storage.check_writable()
     except Exception as e:
-        raise click.ClickException(f"database not usable: {type(e).__name__}: {e}") from e
+        raise click.ClickException(
+            f"database not usable: {redact_url(config.database_url)} cannot be written "
+            f"({type(e).__name__}: {_first_line(e)}). The audit trail and feedback need a writable database: "
+            "fix its permissions or availability, or choose another with --database-url.") from e
     finally:
         storage.dispose()
     os.environ[CONFIG_ENV] = config.to_json().decode()
     uvicorn.run("cds_tpi.service.app:app_from_environment", factory=True, host=config.host, port=config.port,
                 workers=config.workers, log_level=log_level, log_config=log_config(log_level), server_header=False,
                 proxy_headers=False, timeout_graceful_shutdown=10)
+
+
+def _first_line(e: Exception) -> str:
+    """The driver's message without SQLAlchemy's multi-line SQL / background-link appendix."""
+    orig = getattr(e, "orig", None)
+    return (str(orig if orig is not None else e).strip().splitlines() or [""])[0][:300]
 
 
 def log_config(level: str) -> dict:

@@ -168,15 +168,22 @@ def _categories_of_key(key: str) -> set[str]:
     return {cat for hint, cat in _KEY_HINTS if hint in k}
 
 
+def _list(value) -> list:
+    """value when it is a JSON array, else [] (malformed bundles are reported when their entries are read)."""
+    return value if isinstance(value, list) else []
+
+
 def _categories_of_bundle(bundle: dict) -> set[str]:
     cats = set()
-    for entry in bundle.get("entry") or []:
+    for entry in _list(bundle.get("entry")):
         r = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(r, dict) and (entry.get("search") or {}).get("mode", "match") == "match":
-            cat = CATEGORIES.get(r.get("resourceType"))
+        search = entry.get("search") if isinstance(entry, dict) else None
+        mode = search.get("mode", "match") if isinstance(search, dict) else "match"
+        if isinstance(r, dict) and mode == "match" and isinstance(r.get("resourceType"), str):
+            cat = CATEGORIES.get(r["resourceType"])
             if cat:
                 cats.add(cat)
-    for link in bundle.get("link") or []:
+    for link in _list(bundle.get("link")):
         if isinstance(link, dict) and link.get("relation") == "self" and isinstance(link.get("url"), str):
             path = link["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
             if path in CATEGORIES:

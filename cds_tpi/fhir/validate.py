@@ -153,6 +153,7 @@ def _validate(resource: dict, version: str) -> tuple[Issue, ...]:
     except (ValueError, TypeError, RecursionError) as e:  # fhir.resources raises a few of these directly
         issues.append(Issue("", f"invalid: {str(e).splitlines()[0][:200]}"))
     for (rtype, element), allowed in _STATUS_CODES.items():
-        if rtype == rt and element in resource and resource[element] not in allowed:
-            issues.append(Issue(element, f"'{resource[element]}' is not a valid {rt}.{element} code"))
+        # (a status that is not a string at all - a list, an object - is not hashable: not in `allowed` either)
+        if rtype == rt and element in resource and not (isinstance(resource[element], str) and resource[element] in allowed):
+            issues.append(Issue(element, f"'{str(resource[element])[:100]}' is not a valid {rt}.{element} code"))
     return tuple(issues)

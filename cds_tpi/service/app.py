@@ -171,8 +171,8 @@ async def health(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    """The OpenAPI 3.1 document of these endpoints."""
-    return JSONResponse(openapi_document())
+    """The OpenAPI 3.1 document of these endpoints, as configured (JWT required or not)."""
+    return JSONResponse(openapi_document(auth_enabled=_state(request).verifier is not None))
 
 
 async def discovery(request: Request) -> Response:

@@ -14,11 +14,18 @@ import orjson
 from cds_tpi.service.discovery import SERVICES, Service
 from cds_tpi.service.outcomes import HttpError
 
-# The same patterns are stated in the OpenAPI document (openapi.py), which a fuzzer relies on.
+# The same patterns are stated in the OpenAPI document (openapi.py), which a fuzzer relies on. They
+# must mean the same in Python `re` and in ECMA 262 (JSON Schema's dialect): no `\s` / `\S` (Python's
+# include U+001C-U+001F and U+0085, ECMA's do not; a fuzzer found it); whitespace is spelt out below
+# as exactly Python's str.isspace() set, which `str.strip()` in the validators uses too.
+WHITESPACE_CLASS = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NONBLANK_PATTERN = f"[^{WHITESPACE_CLASS}]"  # a string that is not all whitespace (str.strip() non-empty)
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
-FHIR_SERVER_PATTERN = r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?(?::" + _PORT + r")?(?:/[^\s?#]*)?$"
+FHIR_SERVER_PATTERN = r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?(?::" + _PORT + r")?(?:/[^" + WHITESPACE_CLASS + r"?#]*)?$"
+ACCESS_TOKEN_PATTERN = r"^[\x21-\x7e]+$"
+_ACCESS_TOKEN = re.compile(ACCESS_TOKEN_PATTERN)
 _UUID = re.compile(UUID_PATTERN)
 _FHIR_ID = re.compile(FHIR_ID_PATTERN)
 _FHIR_SERVER = re.compile(FHIR_SERVER_PATTERN)
@@ -93,7 +100,7 @@ def parse_call(service: Service, body: bytes) -> HookCall:
             _bundle(context, name, f"context.{name}")
         else:
             values = _field(context, name, list, f"context.{name}")
-            if not all(isinstance(v, str) and v for v in values):
+            if not all(isinstance(v, str) and v.strip() for v in values):
                 raise HttpError(400, "must be a list of references like 'ServiceRequest/1'", f"context.{name}")
     fhir_server = _fhir_server(request)
     access_token = _fhir_authorization(request, fhir_server)
@@ -213,6 +220,12 @@ def _fhir_authorization(request: dict, fhir_server: str | None) -> str | None:
             _field(auth, name, str, location)
     if auth["token_type"].lower() != "bearer":
         raise HttpError(400, "must be 'Bearer'", "fhirAuthorization.token_type")
+    if not _ACCESS_TOKEN.fullmatch(auth["access_token"]):
+        # it goes into an HTTP header: anything else cannot be sent (and was reported as an
+        # unreachable FHIR server, a 412, before a fuzzer found it)
+        raise HttpError(400, "must be printable ASCII without spaces (RFC 6750 token)", "fhirAuthorization.access_token")
+    if auth.get("patient") is not None:
+        _field(auth, "patient", str, "fhirAuthorization.patient")
     return auth["access_token"]
 
 

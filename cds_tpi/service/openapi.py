@@ -8,9 +8,10 @@ from functools import lru_cache
 from cds_tpi import __version__
 from cds_tpi.service.discovery import SERVICES
 from cds_tpi.service.feedback import MAX_ITEMS, OUTCOMES
-from cds_tpi.service.hooks import FHIR_ID_PATTERN, FHIR_SERVER_PATTERN, UUID_PATTERN
+from cds_tpi.service.hooks import (ACCESS_TOKEN_PATTERN, FHIR_ID_PATTERN, FHIR_SERVER_PATTERN, NONBLANK_PATTERN,
+                                   UUID_PATTERN)
 
-_NONBLANK = {"type": "string", "pattern": r"\S"}
+_NONBLANK = {"type": "string", "pattern": NONBLANK_PATTERN}
 _UUID = {"type": "string", "pattern": UUID_PATTERN}
 _JSON = "application/json"
 
@@ -46,7 +47,7 @@ def _request_schema(hook: str) -> dict:
                 "properties": {
                     "userId": _NONBLANK,
                     "patientId": {"type": "string", "pattern": FHIR_ID_PATTERN},
-                    "encounterId": {"type": ["string", "null"], "pattern": r"\S"},
+                    "encounterId": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN},
                     **extra,
                 },
             },
@@ -80,10 +81,15 @@ def _responses(codes: list[str], ok: dict) -> dict:
     return out
 
 
-@lru_cache(maxsize=1)
-def openapi_document() -> dict:
-    """The document (cached: treat it as read-only)."""
-    security = [{"cdsHooksJwt": []}]
+@lru_cache(maxsize=2)
+def openapi_document(auth_enabled: bool = True) -> dict:
+    """The document (cached: treat it as read-only). `auth_enabled=False` describes a service run
+    without JWT issuers: no operation requires the bearer scheme (and none answers 401)."""
+    security = [{"cdsHooksJwt": []}] if auth_enabled else []
+
+    def codes(*listed: str) -> list[str]:
+        return [c for c in listed if auth_enabled or c != "401"]
+
     paths: dict = {
         "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
                             "responses": {"200": {"description": "Up", "content": {_JSON: {"schema": {"type": "object"}}}}}}},
@@ -92,7 +98,7 @@ def openapi_document() -> dict:
                                                         "content": {_JSON: {"schema": {"type": "object"}}}}}}},
         "/cds-services": {"get": {
             "operationId": "discovery", "summary": "CDS Hooks discovery", "security": security,
-            "responses": _responses(["401", "503"], {"description": "The services",
+            "responses": _responses(codes("401", "503"), {"description": "The services",
                                                      "content": {_JSON: {"schema": _ref("Discovery")}}}),
         }},
     }
@@ -101,25 +107,25 @@ def openapi_document() -> dict:
         paths[f"/cds-services/{service.id}"] = {"post": {
             "operationId": op, "summary": service.title, "description": service.description, "security": security,
             "requestBody": {"required": True, "content": {_JSON: {"schema": _request_schema(service.hook)}}},
-            "responses": _responses(["400", "401", "412", "413", "500", "503"],
+            "responses": _responses(codes("400", "401", "412", "413", "500", "503"),
                                     {"description": "Cards", "content": {_JSON: {"schema": _ref("CdsResponse")}}}),
         }}
         paths[f"/cds-services/{service.id}/feedback"] = {"post": {
             "operationId": f"{op}_feedback", "summary": f"Feedback on {service.id} cards", "security": security,
             "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Feedback")}}},
-            "responses": _responses(["400", "401", "413", "503"],
+            "responses": _responses(codes("400", "401", "413", "503"),
                                     {"description": "Stored (idempotent)",
                                      "content": {_JSON: {"schema": _ref("FeedbackReceipt")}}}),
         }}
     coding = {"type": "object", "required": ["system", "code"],
               "properties": {"system": {**_NONBLANK, "maxLength": 256}, "code": {**_NONBLANK, "maxLength": 128},
-                             "display": {"type": ["string", "null"], "pattern": r"\S", "maxLength": 512}}}
+                             "display": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN, "maxLength": 512}}}
     schemas = {
         "FhirAuthorization": {
             "type": "object", "required": ["access_token", "token_type", "expires_in", "scope", "subject"],
-            "properties": {"access_token": _NONBLANK, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
+            "properties": {"access_token": {"type": "string", "pattern": ACCESS_TOKEN_PATTERN}, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
                            "expires_in": {"type": "number"}, "scope": _NONBLANK, "subject": _NONBLANK,
-                           "patient": {"type": "string"}},
+                           "patient": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN}},
         },
         "Discovery": {"type": "object", "required": ["services"], "properties": {"services": {"type": "array", "items": {
             "type": "object", "required": ["hook", "description", "id"],
@@ -148,7 +154,7 @@ def openapi_document() -> dict:
                         "type": "object", "required": ["id"], "properties": {"id": {**_NONBLANK, "maxLength": 64}}}},
                     "overrideReason": {"type": ["object", "null"], "properties": {
                         "reason": {"oneOf": [{"type": "null"}, coding]},
-                        "userComment": {"type": ["string", "null"], "pattern": r"\S", "maxLength": 4000}}}}}}}},
+                        "userComment": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN, "maxLength": 4000}}}}}}}},
         "FeedbackReceipt": {"type": "object", "required": ["received", "stored", "duplicates"], "properties": {
             "received": {"type": "integer"}, "stored": {"type": "integer"}, "duplicates": {"type": "integer"}}},
         "OperationOutcome": {"type": "object", "required": ["resourceType", "issue"], "properties": {

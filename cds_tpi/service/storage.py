@@ -160,6 +160,12 @@ class Storage:
             elif found > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema version {found} is newer than this program ({SCHEMA_VERSION})")
 
+    def check_writable(self) -> None:
+        """Raise when the database accepts reads but not writes (e.g. a read-only SQLite file):
+        rewrites the schema_version row with its own value, in a committed transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(schema_version.update().values(version=schema_version.c.version))
+
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()

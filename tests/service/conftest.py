@@ -356,8 +356,38 @@ def _pg_bin() -> Path | None:
     return Path(found).parent if found and (Path(found).parent / "initdb").exists() else None
 
 
+@dataclass
+class PostgresCluster:
+    """The throwaway cluster: its URL, and stop/start for fault tests (same port and data after a start)."""
+
+    url: str
+    bindir: Path
+    datadir: Path
+    log_file: Path
+    options: str
+    run_as: list[str]
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.run_as, *args], capture_output=True, text=True, timeout=120)
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop (fast: disconnects clients, like a service restart; immediate: like a crash)."""
+        done = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {done.stderr.strip()}")
+
+    def start(self) -> None:
+        done = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log_file), "-w",
+                         "-t", "60", "-o", self.options, "start")
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()}")
+
+    def is_running(self) -> bool:
+        return self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "status").returncode == 0
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_cluster() -> PostgresCluster:
     """A throwaway PostgreSQL cluster on a free loopback port; skipped (with the reason) only when
     the server binaries are absent or the cluster cannot start."""
     bindir = _pg_bin()
@@ -383,20 +413,27 @@ def postgres_url() -> str:
     init = run(str(bindir / "initdb"), "-D", str(datadir), "-U", "cds", "--auth=trust", "-E", "UTF8", "--no-sync")
     if init.returncode != 0:
         pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
-    start = run(str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log_file), "-w", "-t", "60", "-o",
-                f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} -c fsync=off",
-                "start")
-    if start.returncode != 0:
-        detail = log_file.read_text()[-500:] if log_file.exists() else start.stderr
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} -c fsync=off"
+    cluster = PostgresCluster(f"postgresql://cds@127.0.0.1:{port}/cdstpi", bindir, datadir, log_file, options, run_as)
+    try:
+        cluster.start()
+    except RuntimeError as e:
+        detail = log_file.read_text()[-500:] if log_file.exists() else str(e)
         pytest.skip(f"PostgreSQL did not start: {detail.strip()}")
     try:
         created = run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cds", "cdstpi")
         if created.returncode != 0:
             pytest.skip(f"createdb failed: {created.stderr.strip()}")
-        yield f"postgresql://cds@127.0.0.1:{port}/cdstpi"
+        yield cluster
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """The URL of the throwaway cluster's `cdstpi` database."""
+    return postgres_cluster.url
 
 
 def _user_exists(name: str) -> bool:
