@@ -336,8 +336,14 @@ class Served:
             import psutil
         except ImportError:
             return []
-        return [c.pid for c in psutil.Process(self.proc.pid).children()
-                if "spawn_main" in " ".join(c.cmdline())]
+        pids = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except psutil.Error:
+                pass
+        return pids
 
     def rss_mb(self) -> list[float]:
         import psutil

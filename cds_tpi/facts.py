@@ -50,9 +50,12 @@ def _codeable(cc) -> tuple[list[tuple[str, str]], list[str]]:
     if "concept" in cc and isinstance(cc["concept"], dict):  # R5 CodeableReference
         cc = cc["concept"]
     codes, texts = [], []
-    for c in cc.get("coding") or []:
+    # Also called on records not validated yet (is this Observation one we read? is this draft a TPI?):
+    # a coding list or system of the wrong JSON type is no code, not a crash.
+    codings = cc.get("coding")
+    for c in codings if isinstance(codings, list) else ():
         if isinstance(c, dict):
-            if c.get("system") and c.get("code"):
+            if isinstance(c.get("system"), str) and c["system"] and c.get("code"):
                 codes.append((c["system"], str(c["code"])))
             if c.get("display"):
                 texts.append(str(c["display"]))

@@ -293,11 +293,13 @@ def _add(container, resource, position=None):
                        {"fullUrl": f"urn:uuid:{len(entries):08d}-dead-4bad-8bad-000000000000", "resource": resource})
 
 
+PIECES = [get(obj, p) for _, obj, _, _ in SAMPLE_LIST for p in resource_slots(obj)]  # every sample resource
+
+
 @st.composite
 def hook_request(draw):
     """A CDS Hooks request from scratch: valid-looking or not, with prefetch from the samples or garbage."""
-    pieces = [r for _, obj, _, _ in SAMPLE_LIST for r in [get(obj, p) for p in resource_slots(obj)] if isinstance(r, dict)]
-    resource = st.sampled_from(pieces).map(copy.deepcopy)
+    resource = st.sampled_from(PIECES).map(copy.deepcopy)
     searchset = st.lists(resource | garbage, max_size=5).map(
         lambda rs: {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in rs]})
     prefetch_value = (st.none() | resource | searchset | garbage
@@ -568,3 +570,20 @@ def test_regression_slow_evaluation_keeps_every_finding(evaluator):
     for _ in range(20):
         got, result = check(evaluator, obj, now)
         assert ("steroid-frequency", "warning") in got[1]
+
+
+@pytest.mark.parametrize("code", [
+    {"coding": [{"system": [None], "code": "29463-7"}]},
+    {"coding": [{"system": {"url": "http://loinc.org"}, "code": "29463-7"}]},
+    {"coding": 5},
+    {"coding": {"system": "http://loinc.org", "code": "29463-7"}},
+])
+def test_regression_observation_code_of_the_wrong_shape_is_skipped_not_a_crash(evaluator, evaluator_r5, code):
+    # facts.py (_codeable): the pipeline asks whether an Observation is one the rules read *before* it is
+    # validated; a coding system that is a list made the terminology look-up fail (unhashable type).
+    for ev in (evaluator, evaluator_r5):
+        obj, now, expected = sample("anticoagulant-warfarin.json")
+        resource(obj, "obs-weight")["code"] = code
+        cards = cards_of(ev, obj, now)
+        if ev is evaluator:
+            assert cards["anticoagulant"]["indicator"] == "warning"

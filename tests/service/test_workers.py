@@ -83,8 +83,14 @@ class Serve:
 
     def workers(self) -> list[psutil.Process]:
         """The uvicorn worker processes: the parent's children started by multiprocessing spawn."""
-        children = psutil.Process(self.proc.pid).children()
-        return [c for c in children if c.is_running() and "spawn_main" in " ".join(c.cmdline())]
+        workers = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:  # a killed worker stays a zombie until the supervisor reaps it: not a worker
+                if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                    workers.append(child)
+            except psutil.Error:  # exited (or became a zombie) between the listing and the look
+                pass
+        return workers
 
     def stop(self) -> None:
         self.proc.terminate()
