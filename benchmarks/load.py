@@ -350,6 +350,12 @@ class Served:
 
         return [round(psutil.Process(pid).memory_info().rss / 2**20, 1) for pid in self.worker_pids()]
 
+    def cpu_seconds(self) -> list[float]:
+        """CPU time (user + system) each worker has used: how the kernel spread the connections."""
+        import psutil
+
+        return [round(sum(psutil.Process(pid).cpu_times()[:2]), 1) for pid in self.worker_pids()]
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -384,7 +390,7 @@ def main() -> None:
     try:
         code = _main(args)
         if served:
-            print(f"worker RSS MB at end {served.rss_mb()}")
+            print(f"worker RSS MB at end {served.rss_mb()}; worker CPU s {served.cpu_seconds()}")
     finally:
         if served:
             served.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,10 +29,11 @@ def default_rules_dir() -> Path:
     checkout = Path(__file__).resolve().parents[2] / "rules"
     if checkout.is_dir():
         return checkout
-    try:
-        return Path(str(resources.files("cds_tpi_rules")))
-    except ModuleNotFoundError:
-        return checkout
+    spec = importlib.util.find_spec("cds_tpi_rules")  # a data-only (namespace) package in the wheel
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return checkout
 
 
 @dataclass

@@ -115,7 +115,7 @@ def test_concurrent_requests_give_the_results_of_the_same_requests_one_by_one(se
     expected = asyncio.run(load.one_by_one(serve2.url, items))
     assert all(r[0] == 200 for r in expected.values()), {k: v for k, v in expected.items() if v[0] != 200}
     assert sum(1 for r in expected.values() if r[1]) >= 30  # most samples give cards: the comparison has teeth
-    total = 4 * len(items)  # every request 4 times, interleaved across 16 clients and both workers
+    total = 4 * len(items)  # every request 4 times, interleaved across 16 clients (and the workers the kernel picks)
     report = asyncio.run(load.run(serve2.url, CONCURRENCY, total, 0, items, expected=expected,
                                   validate=_validate, quiet=True))
     assert len(report.outcomes) == total
