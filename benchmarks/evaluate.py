@@ -20,7 +20,7 @@ import orjson
 
 from cds_tpi.fhir.read import read_bytes
 from cds_tpi.fhir.validate import clear_cache
-from cds_tpi.pipeline import Evaluator
+from cds_tpi.pipeline import Evaluator, freeze_startup_objects
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SCT = "http://snomed.info/sct"
@@ -100,6 +100,7 @@ def main() -> None:
     data = orjson.dumps(request)
     n = sum(len(v.get("entry", [])) if v.get("resourceType") == "Bundle" else 1 for v in request["prefetch"].values()) + 3
     ev = Evaluator.load()
+    freeze_startup_objects()  # as `cds-tpi serve` and `cds-tpi evaluate` do after loading
 
     def evaluate():
         return ev.evaluate_document(read_bytes(data, "bench"))

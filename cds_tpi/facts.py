@@ -106,15 +106,21 @@ class FactBuilder:
         return fact
 
     def _member(self, codes, texts) -> tuple[list[str], list[str]]:
-        m = self.term.match(codes, texts)
-        return sorted(m.all), sorted(m.by_text)
+        return self.term.match(codes, texts).sorted_lists
 
     def _affirmed(self, texts: list[str]) -> list[str]:
         """Texts without a negation or history cue (those are not matched by text)."""
         out = []
         for text in texts:
             words = _words(text)
-            if not any(words[i : i + len(c)] == list(c) for c in self._cues for i in range(len(words) - len(c) + 1)):
+            present = set(words)
+            negated = False
+            for cue in self._cues:
+                if cue[0] in present and (len(cue) == 1 or any(
+                        tuple(words[i : i + len(cue)]) == cue for i in range(len(words) - len(cue) + 1))):
+                    negated = True
+                    break
+            if not negated:
                 out.append(text)
         return out
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,13 +19,22 @@ from .fhir.read import Document, read_object
 from .fhir.refs import ref_key
 from .fhir.validate import validate_resource
 from .ruleset import RuleBook, load_rulebook
-from .ruleset.compile import compile_rules, prefilter
+from .engine import Match
+from .ruleset.compile import compile_rules, prefilter, referenced_fields
 
 # Resource types the facts stage reads; anything else in a record is ignored (not validated).
 READ_TYPES = frozenset({
     "Patient", "MedicationRequest", "MedicationStatement", "MedicationAdministration", "Medication",
     "Condition", "AllergyIntolerance", "Observation", "Procedure", "ServiceRequest", "Appointment",
 })
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive now (rules, value set indexes, compiled templates) out of the garbage
+    collector's view. Call once after loading, in a long-running process: full collections then
+    stop rescanning tens of thousands of start-up objects during evaluations (~10 % per call)."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Evaluator:
         self.fhir_version = fhir_version
         self.engine = Engine(compile_rules(book.rules, book.terminology))
         self._could_match = prefilter(book.rules)
+        self._fields = referenced_fields(book.rules)
 
     @classmethod
     def load(cls, rules_dir: Path | str | None = None, fhir_version: str = "R4") -> "Evaluator":
@@ -120,13 +131,22 @@ class Evaluator:
                     inputs.full_urls[id(r)] = loc.full_url
         builder = self._builder(now)
         facts = builder.build(inputs)
-        matches = self.engine.run([f for f in facts if self._could_match(f)])
+        matches = self._match(facts)
         findings = collect(matches, self.book.rules)
         drafts = {ref_key(r): r for r in (inputs.drafts if inputs.drafts is not None else
                                            [r for r in inputs.record if r.get("status") == "draft"]) if ref_key(r)}
         patient = next((f for f in facts if f["t"] == "patient"), None)
         cards = cards_for(findings, drafts, patient)
         return Evaluation({"cards": cards}, findings, facts, skipped, time.perf_counter() - started)
+
+    def _match(self, facts: list[dict]) -> list[Match]:
+        """Run the engine on the facts some rule could match, carrying only the fields rules read
+        (durable-rules serialises every fact to JSON); bindings come back as the full facts."""
+        by_fid = {f["fid"]: f for f in facts}
+        fields = self._fields
+        slim = [{k: v for k, v in f.items() if k in fields} for f in facts if self._could_match(f)]
+        return [Match(m.rule, {name: by_fid[fact["fid"]] for name, fact in m.bindings.items()})
+                for m in self.engine.run(slim)]
 
     def evaluate_request(self, request: dict, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate a CDS Hooks request whose prefetch holds the data (missing keys already fetched).

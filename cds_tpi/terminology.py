@@ -6,6 +6,7 @@ Text patterns are root extensions with TEXT_MATCH_URL; they match whole words, c
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ class Membership:
     @property
     def all(self) -> frozenset[str]:
         return self.by_code | self.by_text
+
+    @functools.cached_property
+    def sorted_lists(self) -> tuple[list[str], list[str]]:
+        """(all ids, text-only ids), sorted; computed once per membership (shared: do not mutate)."""
+        return sorted(self.by_code | self.by_text), sorted(self.by_text)
 
 
 EMPTY = Membership(frozenset(), frozenset())

@@ -87,7 +87,7 @@ def evaluate(paths, fmt, fail_on, injectate, sites, now_text, progress, fhir_ver
     several inputs print an object mapping each input to its response.
     Exit status: 0 evaluated, 1 an input could not be read, 2 usage error, 3 --fail-on threshold met.
     """
-    from ..pipeline import Evaluator
+    from ..pipeline import Evaluator, freeze_startup_objects
 
     now = _parse_now(now_text)
     if injectate is not None:
@@ -97,6 +97,7 @@ def evaluate(paths, fmt, fail_on, injectate, sites, now_text, progress, fhir_ver
             raise click.BadParameter(e.message, param_hint="--injectate") from None
     files = expand_inputs(paths)
     evaluator = Evaluator.load(rules_dir, fhir_version)
+    freeze_startup_objects()
     responses: dict[str, dict] = {}
     failures = 0
     worst = -1

@@ -16,7 +16,7 @@ from ..errors import InputError
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Located:
     """A resource and where it was found in its document."""
 

@@ -104,7 +104,7 @@ def validate_resource(resource: Any, version: str = "R4") -> tuple[Issue, ...]:
     if not isinstance(resource, dict):
         return (Issue("", "not a JSON object"),)
     try:
-        content = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+        content = orjson.dumps(resource)  # key order as sent: the same resource sent again hashes the same
     except TypeError:
         return (Issue("", "not serialisable JSON"),)
     key = (hashlib.blake2b(content, digest_size=16).digest(), version)

@@ -219,3 +219,31 @@ def prefilter(rules: list[Rule]):
         return True
 
     return keep
+
+
+def referenced_fields(rules: list[Rule]) -> frozenset[str]:
+    """Every fact field some pattern reads (plus t and fid): the engine needs no other field."""
+    fields = {"t", "fid"}
+
+    def walk(where):
+        for field, cond in (where or {}).items():
+            if field == "or":
+                for sub in cond:
+                    walk(sub)
+                continue
+            fields.add(field)
+            for value in as_ops(cond).values():
+                collect_refs(value)
+
+    def collect_refs(value):
+        if isinstance(value, dict):
+            if "ref" in value:
+                fields.add(value["ref"].partition(".")[2])
+            for v in value.get("mul", ()):
+                collect_refs(v)
+
+    for rule in rules:
+        for alt in rule.alternatives:
+            for p in alt.patterns:
+                walk(p.where)
+    return frozenset(fields)

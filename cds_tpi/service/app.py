@@ -91,6 +91,10 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
         await run_in_threadpool(store.create_schema)
         engine = evaluator or _load_evaluator(config)
         _warm_up(engine)
+        if evaluator is None:
+            from cds_tpi.pipeline import freeze_startup_objects  # noqa: PLC0415
+
+            freeze_startup_objects()
         verifier = JwtVerifier(config, JtiStore(store.claim_jti)) if config.auth_enabled else None
         if verifier is None:
             log.warning("!!! NO JWT ISSUERS CONFIGURED: the CDS service accepts calls from anyone "
