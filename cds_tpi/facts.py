@@ -34,6 +34,11 @@ def parse_date(value) -> date | None:
     """The (first) day of a FHIR date/dateTime/instant; None when unparsable."""
     if not isinstance(value, str):
         return None
+    if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+        try:
+            return date.fromisoformat(value[:10])  # the common full date / dateTime
+        except ValueError:
+            pass
     m = _DATE.match(value)
     if not m:
         return None

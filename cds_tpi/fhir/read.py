@@ -140,7 +140,7 @@ def _read_hook_request(obj: dict, name: str) -> Document:
             continue
         if isinstance(value, dict) and value.get("resourceType") == "Bundle":
             # A searchset, even an empty one, is a list the EHR looked up.
-            doc.checked |= _categories_of_bundle(value) or _categories_of_key(key)
+            doc.checked |= _categories_of_key(key) or _categories_of_bundle(value)
         _collect(value, f"prefetch.{key}", doc.resources)
     drafts = context.get("draftOrders")
     if drafts is not None:

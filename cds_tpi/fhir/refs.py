@@ -34,7 +34,8 @@ class ResourceIndex:
             self._by_key.setdefault(key, resource)
         if full_url:
             self._by_key.setdefault(full_url, resource)
-            self._by_key.setdefault(normalize(full_url), resource)
+            if not full_url.startswith("urn:"):
+                self._by_key.setdefault(normalize(full_url), resource)
 
     def resolve(self, reference: object, container: dict | None = None) -> dict | None:
         """The referenced resource, or None when it is not in this evaluation."""
