@@ -92,14 +92,23 @@ class Engine:
                 state = self._host.get_state(RULESET, sid)
                 if state and state.get("exception"):
                     raise EngineError(f"a rule action failed: {state['exception'][:500]}")
-                return self._collected
+                matches = self._collected
             except EngineError:
+                self._forget(sid, failing=True)
                 raise
             except Exception as e:
+                self._forget(sid, failing=True)
                 raise EngineError(f"rules engine failed: {type(e).__name__}: {str(e)[:300]}") from e
-            finally:
-                self._collected = None
-                try:
-                    self._host.delete_state(RULESET, sid)
-                except Exception:  # noqa: BLE001 - nothing was stored for this sid
-                    pass
+            self._forget(sid, failing=False)
+            return matches
+
+    def _forget(self, sid: str, failing: bool) -> None:
+        """Delete the session's state. After a successful run the marker fact guarantees a session
+        exists, so a failure is raised (a session left behind leaks toward durable's 1,024-session
+        limit); after a failed run the session may not exist and the first error is the one raised."""
+        self._collected = None
+        try:
+            self._host.delete_state(RULESET, sid)
+        except Exception as e:
+            if not failing:
+                raise EngineError(f"rules engine could not delete session state: {type(e).__name__}") from e

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from cds_tpi.service.discovery import PREFETCH
-from conftest import PATIENT_ID, SERVICE_FOR_HOOK, hook_request, load
+from conftest import PATIENT_ID, SERVICE_FOR_HOOK, hook_request
 
 pytestmark = pytest.mark.timeout(120)
 
