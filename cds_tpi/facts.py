@@ -95,13 +95,16 @@ def _coding_code(cc) -> str | None:
 class FactBuilder:
     """Builds the fact list for one evaluation."""
 
-    def __init__(self, terminology: Terminology, policy: RecordPolicy, now: datetime | None = None):
+    def __init__(self, terminology: Terminology, policy: RecordPolicy, now: datetime | None = None,
+                 latest_observations_only: bool = False):
         self.term = terminology
         self.policy = policy
         self.now = now or datetime.now(timezone.utc)
         self.today = self.now.date()
         self.facts: list[dict] = []
         self.index = ResourceIndex()
+        self.latest_only = latest_observations_only
+        self._pending_observations: list[tuple] = []
         self._cues = [tuple(_words(c)) for c in policy.text_negation_cues if _words(c)]
 
     # -- helpers ------------------------------------------------------------------------------
@@ -253,7 +256,7 @@ class FactBuilder:
                 counts["procedures"] += 1
                 if self._current(r):
                     self._procedure(r, administrations)
-        self._mark_latest()
+        self._build_observations()
         orders, injectates = self._orders(drafts)
         counts["orders"], counts["injectates"] = len(orders), len(injectates)
         counts["sites"] = sum(1 for f in self.facts if f["t"] == "site")
@@ -304,38 +307,42 @@ class FactBuilder:
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 
     def _observation(self, r: dict) -> None:
-        q = r.get("valueQuantity")
+        """First pass: value sets and date only; the facts are built in _build_observations."""
         codes, texts = _codeable(r.get("code"))
         vs, text_only = self._member(codes, [])  # labs are matched by code only
         if not vs:
             return
-        fields = dict(ref=ref_key(r) or "", name=_display(r.get("code"), "observation", (codes, texts)), vs=vs, text_only=text_only,
-                      code=f"{codes[0][0]}|{codes[0][1]}" if codes else "")
         when = parse_date(r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("end")
                           or (r.get("effectivePeriod") or {}).get("start") or r.get("effectiveInstant") or r.get("issued"))
-        if when:
-            fields["age_days"] = self._age_days(when)
-        if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
-            unit = q.get("code") or q.get("unit") or ""
-            conv = self.policy.observation_units.get(unit)
-            value = float(q["value"])
-            if conv:
-                value, unit = value * conv["factor"], conv["unit"]
-            fields["value"] = round(value, 4)
-            fields["unit"] = unit
-        self._emit("observation", **fields)
+        self._pending_observations.append((r, codes, texts, vs, text_only, self._age_days(when) if when else None))
 
-    def _mark_latest(self) -> None:
-        """latest_in: the value sets in which this observation is the newest (ties: all of them)."""
+    def _build_observations(self) -> None:
+        """Observation facts with latest_in: the value sets in which each is the newest (ties: all)."""
         newest: dict[str, int] = {}
-        observations = [f for f in self.facts if f["t"] == "observation"]
-        for f in observations:
-            if "age_days" in f:
-                for v in f["vs"]:
-                    if v not in newest or f["age_days"] < newest[v]:
-                        newest[v] = f["age_days"]
-        for f in observations:
-            f["latest_in"] = [v for v in f["vs"] if "age_days" in f and newest.get(v) == f["age_days"]]
+        for _, _, _, vs, _, age in self._pending_observations:
+            if age is not None:
+                for v in vs:
+                    if v not in newest or age < newest[v]:
+                        newest[v] = age
+        for r, codes, texts, vs, text_only, age in self._pending_observations:
+            latest_in = [v for v in vs if age is not None and newest.get(v) == age]
+            if self.latest_only and not latest_in:
+                continue  # no rule can match an older result (see Evaluator)
+            fields = dict(ref=ref_key(r) or "", name=_display(r.get("code"), "observation", (codes, texts)), vs=vs,
+                          text_only=text_only, code=f"{codes[0][0]}|{codes[0][1]}" if codes else "", latest_in=latest_in)
+            if age is not None:
+                fields["age_days"] = age
+            q = r.get("valueQuantity")
+            if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
+                unit = q.get("code") or q.get("unit") or ""
+                conv = self.policy.observation_units.get(unit)
+                value = float(q["value"])
+                if conv:
+                    value, unit = value * conv["factor"], conv["unit"]
+                fields["value"] = round(value, 4)
+                fields["unit"] = unit
+            self._emit("observation", **fields)
+        self._pending_observations = []
 
     def _procedure(self, r: dict, administrations: list[dict]) -> None:
         codes, texts = _codeable(r.get("code"))

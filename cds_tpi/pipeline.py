@@ -6,8 +6,13 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+
+import orjson
 from datetime import datetime
 from pathlib import Path
 
@@ -66,6 +71,11 @@ class Evaluator:
         self.fhir_version = fhir_version
         self.engine = Engine(compile_rules(book.rules, book.terminology))
         self._could_match = prefilter(book.rules)
+        self._batch_cache: OrderedDict = OrderedDict()
+        self._batch_lock = threading.Lock()
+        # When every observation pattern asks for the newest result of a value set, the facts stage
+        # need not build facts for older results (they could never match).
+        self._latest_only = self._could_match.shared.get("observation", {}).get("latest_in") == "non-empty"
         self._fields = referenced_fields(book.rules)
 
     @classmethod
@@ -78,7 +88,7 @@ class Evaluator:
         return self.book.rules
 
     def _builder(self, now: datetime | None) -> FactBuilder:
-        return FactBuilder(self.book.terminology, self.book.records, now)
+        return FactBuilder(self.book.terminology, self.book.records, now, latest_observations_only=self._latest_only)
 
     def is_tpi_order(self, resources: list[dict]) -> bool:
         """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
@@ -94,21 +104,56 @@ class Evaluator:
             return bool(self.book.terminology.match(codes, []).by_code)
         return True
 
-    def _accept(self, located, skipped: list[str], gaps: list) -> dict | None:
-        r = located.resource
-        if not isinstance(r, dict) or not isinstance(r.get("resourceType"), str):
-            skipped.append(f"{located.location}: not a FHIR resource")
-            gaps.append((located.location, f"a record at {located.location} that is not a FHIR resource"))
-            return None
-        if not self._relevant(r):
-            return None
-        issues = validate_resource(r, self.fhir_version)
-        if issues:
-            name = ref_key(r) or r.get("resourceType")
-            skipped.append(f"{located.location} {name}: {issues[0]}" + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""))
-            gaps.append((name, f"{name} (at {located.location}) was skipped: invalid FHIR {self.fhir_version}, {issues[0]}"))
-            return None
-        return r
+    def _accept_all(self, located: list, skipped: list[str], gaps: list) -> list:
+        """The located resources the facts stage reads and that are valid FHIR; the others are
+        named in `skipped` and, as gaps, in the missing-data card."""
+        candidates = []
+        for loc in located:
+            r = loc.resource
+            if not isinstance(r, dict) or not isinstance(r.get("resourceType"), str):
+                skipped.append(f"{loc.location}: not a FHIR resource")
+                gaps.append((loc.location, f"a record at {loc.location} that is not a FHIR resource"))
+            elif self._relevant(r):
+                candidates.append(loc)
+        accepted = []
+        for loc, issues in zip(candidates, self._issues_for([loc.resource for loc in candidates])):
+            if issues:
+                r = loc.resource
+                name = ref_key(r) or r.get("resourceType")
+                skipped.append(f"{loc.location} {name}: {issues[0]}" + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""))
+                gaps.append((name, f"{name} (at {loc.location}) was skipped: invalid FHIR {self.fhir_version}, {issues[0]}"))
+            else:
+                accepted.append(loc)
+        return accepted
+
+    def clear_caches(self) -> None:
+        """Forget cached validation results (benchmarks use it to measure cold validation)."""
+        from .fhir.validate import clear_cache
+
+        clear_cache()
+        with self._batch_lock:
+            self._batch_cache.clear()
+
+    def _issues_for(self, resources: list[dict]) -> list[tuple]:
+        """Validation issues of each resource. A whole list seen before (the same prefetch sent
+        again) is answered by one digest lookup instead of one per resource."""
+        if len(resources) < 2:
+            return [validate_resource(r, self.fhir_version) for r in resources]
+        try:
+            key = hashlib.blake2b(orjson.dumps(resources), digest_size=16).digest()
+        except TypeError:  # not serialisable as a whole (e.g. a lone surrogate): one by one
+            return [validate_resource(r, self.fhir_version) for r in resources]
+        with self._batch_lock:
+            hit = self._batch_cache.get(key)
+            if hit is not None:
+                self._batch_cache.move_to_end(key)
+                return hit
+        result = [validate_resource(r, self.fhir_version) for r in resources]
+        with self._batch_lock:
+            self._batch_cache[key] = result
+            if len(self._batch_cache) > 2_000:
+                self._batch_cache.popitem(last=False)
+        return result
 
     def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
@@ -117,18 +162,14 @@ class Evaluator:
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
         inputs = Inputs(record=[], drafts=None if doc.draft_orders is None else [], gaps=gap_list,
                         checked=set(doc.checked) | set(checked))
-        for loc in doc.resources:
-            r = self._accept(loc, skipped, gap_list)
-            if r is not None:
-                inputs.record.append(r)
-                if loc.full_url:
-                    inputs.full_urls[id(r)] = loc.full_url
-        for loc in doc.draft_orders or []:
-            r = self._accept(loc, skipped, gap_list)
-            if r is not None:
-                inputs.drafts.append(r)
-                if loc.full_url:
-                    inputs.full_urls[id(r)] = loc.full_url
+        for loc in self._accept_all(doc.resources, skipped, gap_list):
+            inputs.record.append(loc.resource)
+            if loc.full_url:
+                inputs.full_urls[id(loc.resource)] = loc.full_url
+        for loc in self._accept_all(doc.draft_orders or [], skipped, gap_list):
+            inputs.drafts.append(loc.resource)
+            if loc.full_url:
+                inputs.full_urls[id(loc.resource)] = loc.full_url
         builder = self._builder(now)
         facts = builder.build(inputs)
         matches = self._match(facts)

@@ -218,6 +218,7 @@ def prefilter(rules: list[Rule]):
                 return False
         return True
 
+    keep.shared = shared  # type: ignore[attr-defined] - read by the facts stage (latest-only observations)
     return keep
 
 
