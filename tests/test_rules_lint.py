@@ -91,3 +91,14 @@ def test_lint_of_a_missing_directory(tmp_path):
     result = _lint(tmp_path / "nope")
     assert result.exit_code == 1
     assert "rules directory not found" in result.output
+
+
+def test_none_inside_or_is_reported(rules_copy):
+    path = rules_copy / "anticoagulant.yaml"
+    text = path.read_text()
+    old = "where: {vs: {any: [anticoagulants, p2y12-inhibitors]}}"
+    assert old in text
+    path.write_text(text.replace(old, "where: {or: [{vs: {none: [anticoagulants]}}, {status: active}]}", 1))
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    assert f"{path}:12:" in result.output and "'none' cannot be used inside 'or'" in result.output

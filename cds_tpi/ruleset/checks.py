@@ -61,12 +61,14 @@ def check_rule(rule: Rule, terminology) -> list[tuple[list, str]]:
     return problems
 
 
-def _check_where(where, fields, names_so_far, rule, terminology, path, problems):
+def _check_where(where, fields, names_so_far, rule, terminology, path, problems, inside_or=False):
     for key, cond in where.items():
         if key == "or":
             for i, sub in enumerate(cond):
-                _check_where(sub, fields, names_so_far, rule, terminology, path + ["or", i], problems)
+                _check_where(sub, fields, names_so_far, rule, terminology, path + ["or", i], problems, True)
             continue
+        if inside_or and isinstance(cond, dict) and "none" in cond:
+            problems.append((path + [key, "none"], "'none' cannot be used inside 'or' (it is compiled to a probe rule)"))
         if key not in fields:
             problems.append((path + [key], f"unknown field '{key}' (known: {', '.join(sorted(fields))})"))
             continue
