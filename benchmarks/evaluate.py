@@ -19,6 +19,7 @@ import uuid
 import orjson
 
 from cds_tpi.fhir.read import read_bytes
+from cds_tpi.fhir.validate import clear_cache
 from cds_tpi.pipeline import Evaluator, freeze_startup_objects
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -105,7 +106,7 @@ def main() -> None:
         return ev.evaluate_document(read_bytes(data, "bench"))
 
     def evaluate_cold():
-        ev.clear_caches()
+        clear_cache()
         return evaluate()
 
     ids = sorted(c["source"]["topic"]["code"] for c in evaluate().cards)

@@ -24,7 +24,7 @@ class Inputs:
     """What one evaluation is about, as resources (already validated) by role."""
 
     record: list[dict]                     # the patient's record
-    drafts: list[dict] | None = None       # draft orders (CDS Hooks draftOrders); None = take drafts from the record
+    drafts: list[dict] = field(default_factory=list)  # the planned order (see Document.with_drafts)
     gaps: list[tuple[str, str]] = field(default_factory=list)   # (ref or location, what could not be read)
     checked: set[str] = field(default_factory=set)               # record lists looked up, even if empty
     full_urls: dict[int, str] = field(default_factory=dict)     # id(resource) -> fullUrl
@@ -217,15 +217,9 @@ class FactBuilder:
     # -- per resource type ----------------------------------------------------------------------
     def build(self, inputs: Inputs) -> list[dict]:
         """All facts for these inputs."""
-        record = inputs.record
-        drafts_given = inputs.drafts is not None
-        drafts = list(inputs.drafts or [])
+        record, drafts = inputs.record, inputs.drafts
         for r in record + drafts:
             self.index.add(r, inputs.full_urls.get(id(r)))
-        if not drafts_given:
-            # A plain bundle: draft ServiceRequests and MedicationRequests are the planned order.
-            drafts = [r for r in record if r.get("status") == "draft" and r.get("resourceType") in ("ServiceRequest", "MedicationRequest")]
-            record = [r for r in record if not any(r is d for d in drafts)]
         for ref, what in inputs.gaps:
             self._emit("gap", ref=_printable(ref), name=_printable(what))
 

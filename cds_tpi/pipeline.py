@@ -6,13 +6,8 @@
 from __future__ import annotations
 
 import gc
-import hashlib
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-
-import orjson
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +17,7 @@ from .facts import FactBuilder, Inputs, _codeable
 from .findings import Finding, collect
 from .fhir.read import Document, read_object
 from .fhir.refs import ref_key
-from .fhir.validate import validate_resource
+from .fhir.validate import validate_resources
 from .ruleset import RuleBook, load_rulebook
 from .engine import Match
 from .ruleset.compile import compile_rules, prefilter, referenced_fields
@@ -71,8 +66,6 @@ class Evaluator:
         self.fhir_version = fhir_version
         self.engine = Engine(compile_rules(book.rules, book.terminology))
         self._could_match = prefilter(book.rules)
-        self._batch_cache: OrderedDict = OrderedDict()
-        self._batch_lock = threading.Lock()
         # When every observation pattern asks for the newest result of a value set, the facts stage
         # need not build facts for older results (they could never match).
         self._latest_only = self._could_match.shared.get("observation", {}).get("latest_in") == "non-empty"
@@ -116,7 +109,7 @@ class Evaluator:
             elif self._relevant(r):
                 candidates.append(loc)
         accepted = []
-        for loc, issues in zip(candidates, self._issues_for([loc.resource for loc in candidates])):
+        for loc, issues in zip(candidates, validate_resources([loc.resource for loc in candidates], self.fhir_version)):
             if issues:
                 r = loc.resource
                 name = ref_key(r) or r.get("resourceType")
@@ -126,47 +119,18 @@ class Evaluator:
                 accepted.append(loc)
         return accepted
 
-    def clear_caches(self) -> None:
-        """Forget cached validation results (benchmarks use it to measure cold validation)."""
-        from .fhir.validate import clear_cache
-
-        clear_cache()
-        with self._batch_lock:
-            self._batch_cache.clear()
-
-    def _issues_for(self, resources: list[dict]) -> list[tuple]:
-        """Validation issues of each resource. A whole list seen before (the same prefetch sent
-        again) is answered by one digest lookup instead of one per resource."""
-        if len(resources) < 2:
-            return [validate_resource(r, self.fhir_version) for r in resources]
-        try:
-            key = hashlib.blake2b(orjson.dumps(resources), digest_size=16).digest()
-        except TypeError:  # not serialisable as a whole (e.g. a lone surrogate): one by one
-            return [validate_resource(r, self.fhir_version) for r in resources]
-        with self._batch_lock:
-            hit = self._batch_cache.get(key)
-            if hit is not None:
-                self._batch_cache.move_to_end(key)
-                return hit
-        result = [validate_resource(r, self.fhir_version) for r in resources]
-        with self._batch_lock:
-            self._batch_cache[key] = result
-            if len(self._batch_cache) > 2_000:
-                self._batch_cache.popitem(last=False)
-        return result
-
     def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
         started = time.perf_counter()
+        doc = doc.with_drafts()
         skipped: list[str] = []
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
-        inputs = Inputs(record=[], drafts=None if doc.draft_orders is None else [], gaps=gap_list,
-                        checked=set(doc.checked) | set(checked))
+        inputs = Inputs(record=[], drafts=[], gaps=gap_list, checked=set(doc.checked) | set(checked))
         for loc in self._accept_all(doc.resources, skipped, gap_list):
             inputs.record.append(loc.resource)
             if loc.full_url:
                 inputs.full_urls[id(loc.resource)] = loc.full_url
-        for loc in self._accept_all(doc.draft_orders or [], skipped, gap_list):
+        for loc in self._accept_all(doc.draft_orders, skipped, gap_list):
             inputs.drafts.append(loc.resource)
             if loc.full_url:
                 inputs.full_urls[id(loc.resource)] = loc.full_url
@@ -174,8 +138,7 @@ class Evaluator:
         facts = builder.build(inputs)
         matches = self._match(facts)
         findings = collect(matches, self.book.rules)
-        drafts = {ref_key(r): r for r in (inputs.drafts if inputs.drafts is not None else
-                                           [r for r in inputs.record if r.get("status") == "draft"]) if ref_key(r)}
+        drafts = {ref_key(r): r for r in inputs.drafts if ref_key(r)}
         patient = next((f for f in facts if f["t"] == "patient"), None)
         cards = cards_for(findings, drafts, patient)
         return Evaluation({"cards": cards}, findings, facts, skipped, time.perf_counter() - started)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not FILES, reason=f"shared Synthea bundles not f
 def _evaluate(evaluator, path, injectate=None, site=()):
     doc = read_bytes(path.read_bytes(), path.name)
     if injectate or site:
-        assert add_order(doc, evaluator, injectate, site) is None
+        doc, note = add_order(doc, evaluator, injectate, site)
+        assert note is None
     result = evaluator.evaluate_document(doc, now=NOW)
     assert_cds_response(result.response)
     assert not result.skipped, result.skipped  # Synthea data is valid R4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,13 +29,11 @@ def _parse_now(value: str | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def add_order(doc: Document, evaluator, injectate: str | None, sites: tuple[str, ...]) -> str | None:
-    """Add a synthesized TPI order to doc unless it has one; returns a note when it was not added."""
-    existing = [loc.resource for loc in (doc.draft_orders or [])]
-    if doc.draft_orders is None:
-        existing = [loc.resource for loc in doc.resources if isinstance(loc.resource, dict) and loc.resource.get("status") == "draft"]
-    if evaluator.is_tpi_order(existing):
-        return "already has a trigger point injection order; --injectate/--site ignored"
+def add_order(doc: Document, evaluator, injectate: str | None, sites: tuple[str, ...]) -> tuple[Document, str | None]:
+    """doc with a synthesized TPI order added, unless it has one (then a note says so)."""
+    doc = doc.with_drafts()
+    if evaluator.is_tpi_order([loc.resource for loc in doc.draft_orders]):
+        return doc, "already has a trigger point injection order; --injectate/--site ignored"
     patient = next((loc.resource for loc in doc.resources
                     if isinstance(loc.resource, dict) and loc.resource.get("resourceType") == "Patient"), None)
     patient_ref = f"Patient/{patient['id']}" if patient and isinstance(patient.get("id"), str) else None
@@ -43,13 +42,7 @@ def add_order(doc: Document, evaluator, injectate: str | None, sites: tuple[str,
         patient_ref = f"Patient/{pid}" if isinstance(pid, str) else None
     order = synthesize(parse_injectates(injectate) if injectate else [], list(sites), patient_ref, evaluator.book.terminology)
     located = [Located(f"--injectate/--site[{i}]", r) for i, r in enumerate(order)]
-    if doc.draft_orders is None:
-        doc.draft_orders = [loc for loc in doc.resources
-                            if isinstance(loc.resource, dict) and loc.resource.get("status") == "draft"
-                            and loc.resource.get("resourceType") in ("ServiceRequest", "MedicationRequest")]
-        doc.resources = [loc for loc in doc.resources if loc not in doc.draft_orders]
-    doc.draft_orders = list(doc.draft_orders) + located
-    return None
+    return replace(doc, draft_orders=doc.draft_orders + located), None
 
 
 def _text(name: str, response: dict, out) -> None:
@@ -108,7 +101,7 @@ def evaluate(paths, fmt, fail_on, injectate, sites, now_text, progress, fhir_ver
             try:
                 doc = read_bytes(read_input(name, max_bytes), name, max_bytes)
                 if injectate or sites:
-                    note = add_order(doc, evaluator, injectate, sites)
+                    doc, note = add_order(doc, evaluator, injectate, sites)
                     if note:
                         click.echo(f"{name}: note: {note}", err=True)
                 result = evaluator.evaluate_document(doc, now=now)

@@ -6,7 +6,7 @@ Nothing here validates FHIR; it only finds the resources and says where each one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -40,6 +40,22 @@ class Document:
     @property
     def hook(self) -> str | None:
         return self.request.get("hook") if self.request else None
+
+    def with_drafts(self) -> "Document":
+        """This document with its planned orders in `draft_orders`. A CDS Hooks request has them in
+        context.draftOrders already; in any other input they are the draft ServiceRequests and
+        MedicationRequests among the resources, which are moved out of `resources`."""
+        if self.draft_orders is not None:
+            return self
+        drafts = [loc for loc in self.resources if is_plain_draft(loc.resource)]
+        rest = [loc for loc in self.resources if not is_plain_draft(loc.resource)]
+        return replace(self, resources=rest, draft_orders=drafts)
+
+
+def is_plain_draft(resource) -> bool:
+    """A draft ServiceRequest or MedicationRequest: part of the planned order in a plain bundle."""
+    return (isinstance(resource, dict) and resource.get("status") == "draft"
+            and resource.get("resourceType") in ("ServiceRequest", "MedicationRequest"))
 
 
 def read_bytes(data: bytes, name: str = "<stdin>", max_bytes: int = DEFAULT_MAX_BYTES) -> Document:

@@ -99,38 +99,74 @@ def _message(err: dict) -> str:
     return msg.splitlines()[0][:200].rstrip(".")
 
 
+class _DigestCache:
+    """A bounded, thread-safe LRU keyed by a digest of JSON content (not the content itself: a few
+    huge resources must not pin memory)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(obj: Any, version: str) -> tuple[bytes, str] | None:
+        """Digest of obj as sent (key order kept), or None when it is not serialisable JSON."""
+        try:
+            return hashlib.blake2b(orjson.dumps(obj), digest_size=16).digest(), version
+        except TypeError:
+            return None
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_resources = _DigestCache(20_000)  # one resource -> its issues
+_lists = _DigestCache(2_000)       # a whole list (a prefetch searchset sent again) -> issues of each
+
+
 def validate_resource(resource: Any, version: str = "R4") -> tuple[Issue, ...]:
     """Every problem fhir.resources (and our binding checks) finds in one resource; () when valid."""
     if not isinstance(resource, dict):
         return (Issue("", "not a JSON object"),)
-    try:
-        content = orjson.dumps(resource)  # key order as sent: the same resource sent again hashes the same
-    except TypeError:
+    key = _DigestCache.key(resource, version)
+    if key is None:
         return (Issue("", "not serialisable JSON"),)
-    key = (hashlib.blake2b(content, digest_size=16).digest(), version)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-            return hit
-    issues = _validate(resource, version)
-    with _cache_lock:
-        _cache[key] = issues
-        if len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+    issues = _resources.get(key)
+    if issues is None:
+        issues = _validate(resource, version)
+        _resources.put(key, issues)
     return issues
 
 
-# Validation results by content digest (not by content: a few huge resources must not pin memory).
-CACHE_SIZE = 20_000
-_cache: OrderedDict = OrderedDict()
-_cache_lock = threading.Lock()
+def validate_resources(resources: list, version: str = "R4") -> list[tuple[Issue, ...]]:
+    """validate_resource for each; a whole list seen before costs one digest lookup."""
+    key = _DigestCache.key(resources, version) if len(resources) > 1 else None
+    issues = _lists.get(key) if key is not None else None
+    if issues is None:
+        issues = [validate_resource(r, version) for r in resources]
+        if key is not None:
+            _lists.put(key, issues)
+    return issues
 
 
 def clear_cache() -> None:
     """Forget cached validation results (benchmarks measure cold validation with it)."""
-    with _cache_lock:
-        _cache.clear()
+    _resources.clear()
+    _lists.clear()
 
 
 def _validate(resource: dict, version: str) -> tuple[Issue, ...]:
