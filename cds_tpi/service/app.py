@@ -36,7 +36,7 @@ from cds_tpi.errors import InputError
 from cds_tpi.service.audit import AuditWriter
 from cds_tpi.service.auth import JtiStore, JwtVerifier
 from cds_tpi.service.config import ServiceConfig
-from cds_tpi.service.discovery import discovery_document
+from cds_tpi.service.discovery import PrefetchKey, checked_records, discovery_document, prefetch_keys_for
 from cds_tpi.service.feedback import parse_feedback
 from cds_tpi.service.hooks import find_service, parse_call, should_evaluate
 from cds_tpi.service.openapi import openapi_document
@@ -58,7 +58,7 @@ class Evaluator(Protocol):
 
     def is_tpi_order(self, resources: list[dict]) -> bool: ...
 
-    def evaluate_request(self, request: dict, *, gaps: list[str] = ..., now: Any = ...) -> Evaluation: ...
+    def evaluate_request(self, request: dict, *, gaps: list[str] = ..., checked: Any = ..., now: Any = ...) -> Evaluation: ...
 
 
 class JSONResponse(Response):
@@ -80,6 +80,7 @@ class ServiceState:
     verifier: JwtVerifier | None
     http: Any  # httpx.AsyncClient for FHIR fallback fetches
     audit: AuditWriter
+    prefetch_keys: tuple[PrefetchKey, ...] = ()  # from the evaluator's record policy (records.yaml)
 
 
 def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, storage: Storage | None = None) -> Starlette:
@@ -101,7 +102,8 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
                         "who can reach %s:%s. Configure 'issuers' for production. !!!", config.host, config.port)
         audit = AuditWriter(store).start()
         async with new_client(config) as http:
-            app.state.service = ServiceState(config, engine, store, verifier, http, audit)
+            app.state.service = ServiceState(config, engine, store, verifier, http, audit,
+                                             prefetch_keys=prefetch_keys_for(engine))
             log.info("cds-tpi service ready (database %s, auth %s)", redact_url(config.database_url),
                      "JWT" if verifier else "OFF")
             try:
@@ -115,6 +117,7 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/cds-services", discovery, methods=["GET"]),
+        Route("/cds-services/", discovery, methods=["GET"]),  # served, not redirected (CORS preflights fail on a 307)
         Route("/cds-services/{service_id}", call_service, methods=["POST"]),
         Route("/cds-services/{service_id}/feedback", call_feedback, methods=["POST"]),
     ]
@@ -182,7 +185,7 @@ async def openapi(request: Request) -> Response:
 async def discovery(request: Request) -> Response:
     """GET /cds-services."""
     await _authenticate(request)
-    return JSONResponse(discovery_document())
+    return JSONResponse(discovery_document(_state(request).prefetch_keys))
 
 
 async def call_service(request: Request) -> Response:
@@ -199,10 +202,11 @@ async def call_service(request: Request) -> Response:
         if not should_evaluate(call, st.evaluator):
             status, outcome, body = 200, "not-applicable", {"cards": []}
         else:
-            prefetched = await complete_prefetch(call, st.http, st.config)
+            prefetched = await complete_prefetch(call, st.http, st.config, st.prefetch_keys)
             try:
-                evaluation = st.evaluator.evaluate_request({**call.request, "prefetch": prefetched.prefetch},
-                                                           gaps=list(prefetched.gaps))
+                evaluation = st.evaluator.evaluate_request(
+                    {**call.request, "prefetch": prefetched.prefetch}, gaps=list(prefetched.gaps),
+                    checked=checked_records(st.prefetch_keys, prefetched.prefetch))
             except InputError as e:
                 raise HttpError(400, e.message, e.location) from None
             status, outcome, body = 200, "evaluated", evaluation.response

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from cds_tpi.fhir.read import CATEGORIES
+
+if TYPE_CHECKING:
+    from cds_tpi.ruleset.records import RecordPolicy
 
 LOINC = "http://loinc.org"
 # weight; platelets; INR; HbA1c
@@ -12,47 +19,105 @@ OBSERVATION_CODES = ("29463-7", "777-3", "26515-7", "6301-6", "34714-6", "4548-4
 @dataclass(frozen=True)
 class PrefetchKey:
     """One prefetch template. Required keys missing and not fetchable give 412; optional ones a
-    missing-data card (`label` names the data in it, never the query, which holds the patient id)."""
+    missing-data card (`label` names the data in it, never the query, which holds the patient id).
+    `resource_type` is what the key holds (a read of it, or a search for it) and `records` the record
+    list it is (medications, conditions, allergies, procedures, observations, patient): declared
+    here, never guessed from the key's name."""
 
     key: str
     query: str
     required: bool
     label: str
+    resource_type: str = ""
+    records: str = ""
+
+
+@dataclass(frozen=True)
+class _KeySpec:
+    key: str
+    resource_type: str
+    search: str | None  # None = a read of Patient/{{context.patientId}}
+    required: bool
+    label: str
+    sort: str = ""  # appended after the status filter
 
 
 # 2.0 tokens only ({{context.patientId}}); no date token exists, so the procedure search is
-# unfiltered and the engine keeps the last 12 months itself.
-PREFETCH: tuple[PrefetchKey, ...] = (
-    PrefetchKey("patient", "Patient/{{context.patientId}}", True, "patient demographics"),
-    PrefetchKey(
-        "medicationRequests",
-        "MedicationRequest?patient={{context.patientId}}&status=active",
-        True,
-        "active medication orders",
-    ),
-    PrefetchKey(
-        "medicationStatements",
-        "MedicationStatement?patient={{context.patientId}}&status=active",
-        False,
-        "active medication statements (home medications)",
-    ),
-    PrefetchKey("conditions", "Condition?patient={{context.patientId}}", True, "conditions"),
-    PrefetchKey("allergies", "AllergyIntolerance?patient={{context.patientId}}", True, "allergies"),
-    PrefetchKey(
-        "procedures",
-        "Procedure?patient={{context.patientId}}&_sort=-date",
-        False,
-        "procedures of the last 12 months",
-    ),
-    PrefetchKey(
-        "observations",
-        "Observation?patient={{context.patientId}}&code="
-        + ",".join(f"{LOINC}|{c}" for c in OBSERVATION_CODES)
-        + "&_sort=-date",
-        False,
-        "recent weight, platelets, INR and HbA1c",
-    ),
+# unfiltered by date and the engine keeps the last 12 months itself. The status filters are not
+# written here: they come from rules/records.yaml (see `status_filter`).
+_KEYS: tuple[_KeySpec, ...] = (
+    _KeySpec("patient", "Patient", None, True, "patient demographics"),
+    _KeySpec("medicationRequests", "MedicationRequest", "patient={{context.patientId}}", True,
+             "current medication orders"),
+    _KeySpec("medicationStatements", "MedicationStatement", "patient={{context.patientId}}", False,
+             "current medication statements (home medications)"),
+    _KeySpec("conditions", "Condition", "patient={{context.patientId}}", True, "conditions"),
+    _KeySpec("allergies", "AllergyIntolerance", "patient={{context.patientId}}", True, "allergies"),
+    _KeySpec("procedures", "Procedure", "patient={{context.patientId}}", False,
+             "procedures of the last 12 months", "&_sort=-date"),
+    _KeySpec("observations", "Observation", "patient={{context.patientId}}&code="
+             + ",".join(f"{LOINC}|{c}" for c in OBSERVATION_CODES), False,
+             "recent weight, platelets, INR and HbA1c", "&_sort=-date"),
 )
+
+
+def status_filter(policy: RecordPolicy | None, resource_type: str) -> str:
+    """The search parameters that fetch exactly the records `rules/records.yaml` may count as
+    current for this type, e.g. `&status=active,on-hold,unknown` (FHIR: a comma is OR). A status
+    the policy counts must never be filtered out (an on-hold warfarin order is still
+    anticoagulation), so: `status` when the policy lists statuses; `clinical-status` only when a
+    record without one does not count (a search on it would drop those); otherwise no filter."""
+    if policy is None:
+        return ""
+    rp = policy.for_type(resource_type)
+    params = ""
+    if rp.status is not None:
+        params += "&status=" + ",".join(sorted(rp.status))
+    if rp.clinical_status is not None and not rp.missing_clinical_status_counts:
+        params += "&clinical-status=" + ",".join(sorted(rp.clinical_status))
+    return params
+
+
+def prefetch_keys(policy: RecordPolicy | None) -> tuple[PrefetchKey, ...]:
+    """The prefetch templates for a record policy (the loaded rules/records.yaml)."""
+    keys = []
+    for spec in _KEYS:
+        if spec.search is None:
+            query = f"{spec.resource_type}/{{{{context.patientId}}}}"
+        else:
+            query = f"{spec.resource_type}?{spec.search}{status_filter(policy, spec.resource_type)}{spec.sort}"
+        keys.append(PrefetchKey(spec.key, query, spec.required, spec.label, spec.resource_type,
+                                CATEGORIES[spec.resource_type]))
+    return tuple(keys)
+
+
+@lru_cache(maxsize=1)
+def default_prefetch_keys() -> tuple[PrefetchKey, ...]:
+    """The templates for the bundled rules (used when the evaluator does not carry its own policy)."""
+    from cds_tpi.ruleset import load_rulebook  # noqa: PLC0415 - loads the value sets once
+
+    return prefetch_keys(load_rulebook().records)
+
+
+def prefetch_keys_for(evaluator: Any) -> tuple[PrefetchKey, ...]:
+    """The templates for the record policy this evaluator applies (`evaluator.book.records`)."""
+    policy = getattr(getattr(evaluator, "book", None), "records", None)
+    return prefetch_keys(policy) if policy is not None else default_prefetch_keys()
+
+
+def checked_records(keys: tuple[PrefetchKey, ...], prefetch: dict[str, Any]) -> tuple[str, ...]:
+    """The record lists known to have been looked up: our keys whose value is null (no data) or a
+    Bundle (a searchset, even an empty one). Taken from each key's declared `records`."""
+    return tuple(sorted({k.records for k in keys if k.key in prefetch and (
+        prefetch[k.key] is None or (isinstance(prefetch[k.key], dict)
+                                    and prefetch[k.key].get("resourceType") == "Bundle"))}))
+
+
+def __getattr__(name: str) -> Any:
+    # `PREFETCH` (the bundled rules' templates) is computed on first use: it loads the rules.
+    if name == "PREFETCH":
+        return default_prefetch_keys()
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -100,9 +165,10 @@ SERVICES: dict[str, Service] = {
 }
 
 
-def discovery_document() -> dict:
-    """The `GET /cds-services` response body."""
-    prefetch = {p.key: p.query for p in PREFETCH}
+def discovery_document(keys: tuple[PrefetchKey, ...] | None = None) -> dict:
+    """The `GET /cds-services` response body (`keys`: default, the bundled rules' templates)."""
+    keys = default_prefetch_keys() if keys is None else keys
+    prefetch = {p.key: p.query for p in keys}
     return {
         "services": [
             {
@@ -111,18 +177,18 @@ def discovery_document() -> dict:
                 "description": s.description,
                 "id": s.id,
                 "prefetch": prefetch,
-                "usageRequirements": USAGE_REQUIREMENTS,
+                "usageRequirements": usage_requirements(keys),
             }
             for s in SERVICES.values()
         ]
     }
 
 
-USAGE_REQUIREMENTS = (
-    "Prefetch keys "
-    + ", ".join(p.key for p in PREFETCH if p.required)
-    + " are required: send them or send fhirServer and fhirAuthorization so the service can fetch "
-    "them (otherwise 412). Keys "
-    + ", ".join(p.key for p in PREFETCH if not p.required)
-    + " are optional: when absent and not fetchable, a missing-data card says what was not checked."
-)
+def usage_requirements(keys: tuple[PrefetchKey, ...]) -> str:
+    """Discovery's `usageRequirements` text: which keys are required, which optional."""
+    return (
+        "Prefetch keys " + ", ".join(p.key for p in keys if p.required)
+        + " are required: send them or send fhirServer and fhirAuthorization so the service can fetch "
+        "them (otherwise 412). Keys " + ", ".join(p.key for p in keys if not p.required)
+        + " are optional: when absent and not fetchable, a missing-data card says what was not checked."
+    )

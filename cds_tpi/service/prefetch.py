@@ -9,6 +9,7 @@ patient id."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -49,17 +50,20 @@ def render(template: str, patient_id: str) -> str:
     return template.replace("{{context.patientId}}", quote(patient_id, safe=""))
 
 
-async def complete_prefetch(call: HookCall, client: httpx.AsyncClient, config: ServiceConfig) -> Prefetched:
-    """Fill the prefetch keys we need; raises HttpError(412) when required data cannot be had."""
+async def complete_prefetch(call: HookCall, client: httpx.AsyncClient, config: ServiceConfig,
+                            keys: Sequence[PrefetchKey] | None = None) -> Prefetched:
+    """Fill the prefetch keys we need (`keys`: the templates discovery advertises; default, those of
+    the bundled rules); raises HttpError(412) when required data cannot be had."""
+    keys = PREFETCH if keys is None else keys
     given = call.request.get("prefetch") or {}
     deadline = asyncio.get_running_loop().time() + config.fhir_total_timeout
     fetcher = _Fetcher(call, client, config, deadline)
-    results = await asyncio.gather(*(fetcher.resolve(key, given) for key in PREFETCH))
-    prefetch = {k: v for k, v in given.items() if k not in {p.key for p in PREFETCH}}  # foreign keys pass through
+    results = await asyncio.gather(*(fetcher.resolve(key, given) for key in keys))
+    prefetch = {k: v for k, v in given.items() if k not in {p.key for p in keys}}  # foreign keys pass through
     gaps: list[str] = []
     failed: list[str] = []
     fetched: list[str] = []
-    for key, (status, value) in zip(PREFETCH, results):
+    for key, (status, value) in zip(keys, results):
         if status == "failed":
             if key.required:
                 failed.append(f"required prefetch '{key.key}' ({key.label}): {value}")

@@ -146,6 +146,7 @@ class FakeEvaluator:
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
+        self.checked: list[tuple[str, ...]] = []  # the `checked` record lists of each call
         self.raise_error: Exception | None = None
 
     def is_tpi_order(self, resources: list[dict]) -> bool:
@@ -153,10 +154,11 @@ class FakeEvaluator:
                    for r in resources if r.get("resourceType") == "ServiceRequest"
                    for c in (r.get("code") or {}).get("coding", []))
 
-    def evaluate_request(self, request: dict, *, gaps=(), now=None) -> FakeEvaluation:
+    def evaluate_request(self, request: dict, *, gaps=(), checked=(), now=None) -> FakeEvaluation:
         if self.raise_error:
             raise self.raise_error
         self.requests.append(copy.deepcopy(request))
+        self.checked.append(tuple(checked))
         return FakeEvaluation(request, list(gaps))
 
 
