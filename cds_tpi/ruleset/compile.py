@@ -1,6 +1,7 @@
 """Compile rules to durable-rules ruleset definitions (plain JSON-able dicts; the engine adds actions).
 
-Grammar mapping (rules/README.md has the user view):
+Each operator compiles itself (conditions.py); this module assembles patterns, alternatives and the
+probe rules of negations. Grammar mapping (rules/README.md has the user view):
   field: v / {eq: v}   -> {field: v}            {ne: v} -> {"$neq": {field: v}}
   {lt|lte|gt|gte: v}   -> {"$lt": {field: v}}    {in: [a, b]} -> {"$or": [{field: a}, {field: b}]}
   {any: [a, b]}        -> array field holds a or b   {all: [a, b]} -> holds both
@@ -17,11 +18,8 @@ Grammar mapping (rules/README.md has the user view):
 
 from __future__ import annotations
 
-from ..errors import RuleError
-from .facttypes import VALUESET_FIELDS
+from .conditions import Condition, Env, parse_value
 from .model import Pattern, Rule
-
-_CMP = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
 
 
 def durable_name(rule_id: str, alt_index: int, probe: int | None = None) -> str:
@@ -47,55 +45,40 @@ def compile_rules(rules: list[Rule], terminology) -> dict[str, dict]:
     for rule in rules:
         for alt in rule.alternatives:
             present = [p for p in alt.patterns if not p.absent]
-            main = [{p.name: _pattern(_without_none(p), rule, terminology)} for p in present]
+            main = [{p.name: _pattern(p.fact, positive(p.conditions), rule, terminology)} for p in present]
             out[durable_name(rule.id, alt.index)] = {"all": main}
-            probes = [main + [{p.name: _pattern(p, rule, terminology)}] for p in alt.patterns if p.absent]
+            probes = [main + [{p.name: _pattern(p.fact, p.conditions, rule, terminology)}] for p in alt.patterns if p.absent]
             for i, p in enumerate(present):
-                for field, ids in _nones(p):
-                    for one in ids:  # "holds none of a, b" is blocked by a probe holding a, and one holding b
-                        positive = _require(_without_none(p), field, one)
-                        probes.append(main[:i] + [{p.name: _pattern(positive, rule, terminology)}] + main[i + 1:])
+                for conds in blocking_variants(p.conditions):
+                    probes.append(main[:i] + [{p.name: _pattern(p.fact, conds, rule, terminology)}] + main[i + 1:])
             for n, probe in enumerate(probes):
                 out[durable_name(rule.id, alt.index, n)] = {"all": probe}
     return out
 
 
-def _nones(p: Pattern) -> list[tuple[str, list]]:
-    return [(f, as_ops(c)["none"]) for f, c in (p.where or {}).items() if f != "or" and "none" in as_ops(c)]
+def positive(conds: tuple[Condition, ...]) -> tuple[Condition, ...]:
+    """The conditions without the negations (those are checked by probe rules)."""
+    return tuple(c for c in conds if not c.blocking())
 
 
-def _without_none(p: Pattern) -> Pattern:
-    """The pattern with its `none` conditions left out."""
-    where = {}
-    for f, c in (p.where or {}).items():
-        ops = as_ops(c) if f != "or" else None
-        if ops is not None and "none" in ops:
-            rest = {k: v for k, v in ops.items() if k != "none"}
-            if rest:
-                where[f] = rest
-        else:
-            where[f] = c
-    return Pattern(p.name, p.fact, where, p.absent, p.min_count)
-
-
-def _require(p: Pattern, field: str, value: str) -> Pattern:
-    """The pattern with one more element its list field must hold (an `all` condition)."""
-    ops = dict(as_ops(p.where[field])) if field in p.where else {}
-    ops["all"] = list(ops.get("all", [])) + [value]
-    return Pattern(p.name, p.fact, {**p.where, field: ops}, p.absent, p.min_count)
+def blocking_variants(conds: tuple[Condition, ...]) -> list[tuple[Condition, ...]]:
+    """One condition list per probe of a pattern's negations: the positive conditions with one
+    blocking condition in the negation's place ("holds none of a, b" is blocked by a fact holding
+    a, and by one holding b)."""
+    out = []
+    for i, c in enumerate(conds):
+        for block in c.blocking():
+            out.append(positive(conds[:i]) + (block,) + positive(conds[i + 1:]))
+    return out
 
 
 def resolve_value(value, rule: Rule):
-    """A compile-time value: literal or param (refs and arithmetic stay symbolic)."""
-    if isinstance(value, dict) and "param" in value:
-        return rule.params[value["param"]]
-    return value
+    """A compile-time value as written in a rule: literal or param (refs and arithmetic stay symbolic)."""
+    return parse_value(value).resolve(Env(rule.params)) if isinstance(value, dict) and "param" in value else value
 
 
-def _pattern(p: Pattern, rule: Rule, terminology) -> dict:
-    terms = [{"t": p.fact}]
-    if p.where:
-        terms += _where(p.where, rule, terminology)
+def _pattern(fact_type: str, conds: tuple[Condition, ...], rule: Rule, terminology) -> dict:
+    terms = [{"t": fact_type}] + [c.compile(rule.params, terminology) for c in conds]
     return terms[0] if len(terms) == 1 else {"$and": _flatten(terms)}
 
 
@@ -111,96 +94,19 @@ def _flatten(terms: list[dict]) -> list[dict]:
     return out
 
 
-def _where(where: dict, rule: Rule, terminology) -> list[dict]:
-    terms: list[dict] = []
-    for field, cond in where.items():
-        if field == "or":
-            alts = []
-            for sub in cond:
-                sub_terms = _where(sub, rule, terminology)
-                alts.append(sub_terms[0] if len(sub_terms) == 1 else {"$and": sub_terms})
-            terms.append({"$or": alts})
-            continue
-        ops = as_ops(cond)
-        for op, value in ops.items():
-            terms.append(_term(field, op, value, rule, terminology))
-    return terms
-
-
-def as_ops(cond) -> dict:
-    """A condition as {op: value}: a bare value (literal, param, ref, mul) means eq."""
-    if isinstance(cond, dict) and not (set(cond) & {"param", "ref", "mul"}):
-        return cond
-    return {"eq": cond}
-
-
-def _vs(name, terminology) -> str:
-    vid = terminology.resolve(name) if terminology else None
-    if vid is None:
-        raise RuleError(f"unknown value set '{name}'")
-    return vid
-
-
-def _term(field: str, op: str, value, rule: Rule, terminology) -> dict:
-    if op == "exists":
-        return {"$ex" if value else "$nex": {field: 1}}
-    if op == "in":
-        return {"$or": [{field: v} for v in value]} if len(value) > 1 else {field: value[0]}
-    if op == "none":
-        raise RuleError(f"rule {rule.id}: 'none' is only allowed at the top level of a pattern's where")
-    if op in ("any", "all"):
-        ids = [_vs(v, terminology) for v in value] if field in VALUESET_FIELDS else list(value)
-        if op == "all":
-            terms = [{"$iany": {field: {"$i": v}}} for v in ids]
-            return terms[0] if len(terms) == 1 else {"$and": terms}
-        if op == "any":
-            inner = {"$or": [{"$i": v} for v in ids]} if len(ids) > 1 else {"$i": ids[0]}
-            return {"$iany": {field: inner}}
-    expr = _expr(value, rule)
-    if field == "region" and isinstance(expr, str):
-        expr = _vs(expr, terminology) if expr != "unknown" else expr
-    if op == "eq":
-        return {field: expr}
-    if op in _CMP:
-        return {_CMP[op]: {field: expr}}
-    raise RuleError(f"rule {rule.id}: unknown operator '{op}'")
-
-
-def _expr(value, rule: Rule):
-    if isinstance(value, dict):
-        if "param" in value:
-            return rule.params[value["param"]]
-        if "ref" in value:
-            pat, _, fld = value["ref"].partition(".")
-            return {pat: fld}
-        if "mul" in value:
-            left, right = (_expr(v, rule) for v in value["mul"])
-            if not isinstance(left, dict) and isinstance(right, dict):
-                left, right = right, left
-            return {"$mul": {"$l": left, "$r": right}}
-    return value
-
-
 def prefilter(rules: list[Rule]):
     """A predicate that drops facts no pattern could ever match (a sound shortcut, not a rule).
 
-    Per fact type: the constraints every pattern of that type shares (a value set condition on
-    `vs`, or the same literal equality, outside any `or`). A fact that fails one of them cannot
-    match any pattern, so the engine need not see it. Types no rule mentions are dropped too.
+    Per fact type: the constraints every pattern of that type shares (each condition names its own,
+    `Condition.shared`: a value set condition on `vs`, or a literal equality; none inside an `or`).
+    A fact that fails one of them cannot match any pattern, so the engine need not see it. Types no
+    rule mentions are dropped too.
     """
     shared: dict[str, dict] = {}
     for rule in rules:
         for alt in rule.alternatives:
             for p in alt.patterns:
-                mine = {}
-                for field, cond in (p.where or {}).items():
-                    if field == "or":
-                        continue
-                    ops = as_ops(cond)
-                    if field in VALUESET_FIELDS and ("any" in ops or "all" in ops):
-                        mine[field] = "non-empty"
-                    elif set(ops) == {"eq"} and isinstance(ops["eq"], (bool, str, int, float)):
-                        mine[field] = ops["eq"]
+                mine = dict(filter(None, (c.shared() for c in p.conditions)))
                 if p.fact not in shared:
                     shared[p.fact] = mine
                 else:
@@ -225,26 +131,9 @@ def prefilter(rules: list[Rule]):
 def referenced_fields(rules: list[Rule]) -> frozenset[str]:
     """Every fact field some pattern reads (plus t and fid): the engine needs no other field."""
     fields = {"t", "fid"}
-
-    def walk(where):
-        for field, cond in (where or {}).items():
-            if field == "or":
-                for sub in cond:
-                    walk(sub)
-                continue
-            fields.add(field)
-            for value in as_ops(cond).values():
-                collect_refs(value)
-
-    def collect_refs(value):
-        if isinstance(value, dict):
-            if "ref" in value:
-                fields.add(value["ref"].partition(".")[2])
-            for v in value.get("mul", ()):
-                collect_refs(v)
-
     for rule in rules:
         for alt in rule.alternatives:
             for p in alt.patterns:
-                walk(p.where)
+                for c in p.conditions:
+                    fields |= c.fields()
     return frozenset(fields)

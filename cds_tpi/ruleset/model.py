@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+from .conditions import Condition, parse_where
 
 SEVERITY = {"info": 0, "warning": 1, "critical": 2}
 
@@ -17,6 +20,11 @@ class Pattern:
     where: dict = field(default_factory=dict)
     absent: bool = False
     min_count: Any = None
+
+    @cached_property
+    def conditions(self) -> tuple[Condition, ...]:
+        """The `where` as condition objects (see conditions.py), parsed once."""
+        return parse_where(self.where)
 
 
 @dataclass(frozen=True)
