@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
+
+from ..errors import InputError
 
 fhir_version_option = click.option(
     "--fhir-version", type=click.Choice(["R4", "R5"]), default="R4", show_default=True,
@@ -44,8 +47,18 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
 
 
 def read_input(name: str, max_bytes: int) -> bytes:
-    """Bytes of a file or stdin, reading at most max_bytes + 1."""
+    """Bytes of a file or stdin; InputError with the real size when over --max-bytes."""
     if name == "-":
-        return sys.stdin.buffer.read(max_bytes + 1)
+        data = sys.stdin.buffer.read(max_bytes + 1)
+        if len(data) > max_bytes:  # stdin's size is unknown until read: not read past the limit
+            raise InputError(f"input is over the limit of {max_bytes:,} bytes (raise it with --max-bytes)", name)
+        return data
+    size = os.stat(name).st_size
+    if size > max_bytes:
+        raise InputError(f"input is {size:,} bytes, over the limit of {max_bytes:,} bytes (raise it with --max-bytes)",
+                         name)
     with open(name, "rb") as f:
-        return f.read(max_bytes + 1)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # the file grew since stat, or is a device
+        raise InputError(f"input is over the limit of {max_bytes:,} bytes (raise it with --max-bytes)", name)
+    return data

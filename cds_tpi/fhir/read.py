@@ -73,11 +73,27 @@ def read_bytes(data: bytes, name: str = "<stdin>", max_bytes: int = DEFAULT_MAX_
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as first_error:
-        lines = [ln for ln in text_ok.splitlines() if ln.strip()]
-        if len(lines) > 1:
+        lines = [(n, ln) for n, ln in enumerate(text_ok.splitlines(), 1) if ln.strip()]
+        if len(lines) > 1 and _is_json_line(lines[0][1]):
             return _read_ndjson(lines, name)
-        raise InputError(f"not valid JSON: {first_error}", name) from None
+        raise InputError(_json_error(first_error, len(data)), name) from None
     return read_object(obj, name)
+
+
+def _is_json_line(line: str) -> bool:
+    """NDJSON's first line is a whole JSON object by itself; a pretty-printed document's is not."""
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _json_error(e: orjson.JSONDecodeError, size: int) -> str:
+    """'not valid JSON: line 12, column 3: <reason>', saying so when the text just stops (truncated)."""
+    where = f"line {e.lineno}, column {e.colno}"
+    if e.pos >= size or "end of data" in e.msg or "EOF" in e.msg:
+        return f"not valid JSON: {where}: the text ends in the middle of the document (truncated?)"
+    return f"not valid JSON: {where}: {e.msg}"
 
 
 def read_object(obj: Any, name: str = "<input>") -> Document:
@@ -105,13 +121,14 @@ def read_object(obj: Any, name: str = "<input>") -> Document:
     return doc
 
 
-def _read_ndjson(lines: list[str], name: str) -> Document:
+def _read_ndjson(lines: list[tuple[int, str]], name: str) -> Document:
+    """One resource per non-empty line; `n` is the line's number in the file (blank lines counted)."""
     doc = Document(name, "ndjson")
-    for n, line in enumerate(lines, 1):
+    for n, line in lines:
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            raise InputError(f"line {n}: not valid JSON ({e})", name) from None
+            raise InputError(f"line {n}, column {e.colno}: not valid JSON ({e.msg})", name) from None
         if not isinstance(obj, dict) or "resourceType" not in obj:
             raise InputError(f"line {n}: not a FHIR resource (no resourceType)", name)
         _collect(obj, f"line {n}", doc.resources)

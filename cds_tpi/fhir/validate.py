@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import re
 import threading
+import types
+import typing
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -66,33 +69,157 @@ def model_class(resource_type: str, version: str = "R4"):
     else:
         raise ValueError(f"unknown FHIR version {version!r} (use one of {', '.join(VERSIONS)})")
     try:
-        return get_fhir_model_class(resource_type)
+        cls = get_fhir_model_class(resource_type)
     except (ValueError, AttributeError, KeyError):
         return None
+    # Datatypes (Coding, Quantity ...) are models too, but not resources: no resourceType may name them.
+    return cls if any(base.__name__ == "Resource" for base in cls.__mro__) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _type_modules(version: str) -> tuple[str, ...]:
+    """Lower-case names of the fhir.resources modules of a version (one per resource or datatype)."""
+    import pkgutil
+
+    import fhir.resources
+    import fhir.resources.R4B
+
+    package = fhir.resources.R4B if version == "R4" else fhir.resources
+    return tuple(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
+
+
+def close_resource_types(name: str, version: str = "R4") -> list[str]:
+    """Resource type names of `version` spelled like `name` ('Patiant' -> ['Patient'])."""
+    import difflib
+
+    package = "fhir.resources.R4B" if version == "R4" else "fhir.resources"
+    out = []
+    for module in difflib.get_close_matches(name.lower(), _type_modules(version), n=3, cutoff=0.75):
+        try:
+            mod = importlib.import_module(f"{package}.{module}")
+        except ImportError:
+            continue
+        cls = next((v for k, v in vars(mod).items() if k.lower() == module and isinstance(v, type)), None)
+        if cls is not None and model_class(cls.__name__, version) is cls and cls.__name__ != name:
+            out.append(cls.__name__)
+    return out
+
+
+def unknown_type_message(name: str, version: str = "R4") -> str:
+    """"'Patiant' is not a FHIR R4 resource type (did you mean Patient?)"."""
+    close = close_resource_types(name, version)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"'{name}' is not a FHIR {version} resource type{hint}"
 
 
 def _path(loc: tuple[Any, ...]) -> str:
+    """A FHIR element path from a pydantic error location (pydantic's own steps dropped)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
             part = str(part)
-            if part.startswith("function-") or part in ("__root__",):
+            if part.startswith("function-") or part in ("__root__", "root"):
                 continue
             out += ("." if out else "") + part
     return out
 
 
-def _message(err: dict) -> str:
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads to a FHIR author: 'a string ("abc")', 'a number (5)', 'an array' ..."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f'a string ("{shown}")'
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    return "a value of another kind"
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The element type inside Optional[...] / List[...] / Annotated[...]."""
+    while True:
+        args = typing.get_args(annotation)
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            annotation = next((a for a in args if a is not type(None)), annotation)
+        elif origin in (list, typing.Annotated) or (origin is not None and args):
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _expected_type(model: Any, loc: tuple[Any, ...]) -> str | None:
+    """The FHIR datatype expected at a pydantic error location ('CodeableConcept', 'Reference' ...),
+    found by walking the fhir.resources model's fields; None when it cannot be told."""
+    cls = model
+    found = None
+    for part in loc:
+        if isinstance(part, int) or part in ("root", "__root__") or str(part).startswith("function-"):
+            continue
+        fields = getattr(cls, "model_fields", None)
+        if not fields:
+            return None
+        field = next((f for n, f in fields.items() if (f.alias or n) == part or n == part), None)
+        if field is None:
+            return None
+        t = _unwrap(field.annotation)
+        klass = getattr(t, "_model_klass", None)
+        if isinstance(klass, str):  # fhir_core's lazy type: the class's dotted path
+            found = klass.rsplit(".", 1)[-1]
+            try:
+                module, _, name = klass.rpartition(".")
+                cls = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                return found
+        elif isinstance(t, type):
+            found, cls = t.__name__, t
+        else:
+            return None
+    return found
+
+
+# pydantic error types for JSON values of the wrong kind -> what FHIR's JSON format wants there.
+_WANTS = {
+    "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "decimal_type": "a number", "decimal_parsing": "a number",
+    "list_type": "an array (this element repeats)", "dict_type": "a JSON object", "model_type": "a JSON object",
+    "date_from_datetime_inexact": "a date string (YYYY, YYYY-MM or YYYY-MM-DD)", "date_type": "a date string",
+    "datetime_type": "a dateTime string", "string_too_short": "a non-empty string",
+}
+
+
+def _message(err: dict, model: Any = None) -> str:
+    """One pydantic error in FHIR's terms: what the element should be, and what it was."""
     msg = err.get("msg", "invalid")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     kind = err.get("type", "")
+    given = err.get("input", None)
     if kind == "extra_forbidden":
         return "unknown element"
     if kind == "missing":
         return "required element missing"
+    if kind == "model_validation_format" or (kind == "json_invalid" and isinstance(given, str)):
+        # fhir_core reads a string where an object belongs as JSON text ("Invalid JSON: expected value
+        # at line 1 column 1") and names other values "the instance of Coding": say it as FHIR would.
+        ctx = err.get("ctx") or {}
+        wanted = ctx.get("model_class") if isinstance(ctx.get("model_class"), str) else None
+        wanted = wanted or (_expected_type(model, tuple(err.get("loc", ()))) if model is not None else None)
+        if "resource_type" in ctx:
+            return f'expected a {ctx.get("model_name")} resource, got a {ctx.get("resource_type")}'
+        return f"expected {'a ' + wanted if wanted else 'a JSON'} object, got {_json_kind(given)}"
+    if kind in _WANTS:
+        return f"expected {_WANTS[kind]}, got {_json_kind(given)}"
     m = re.match(r"(\w+) value string does not match spec regex", msg)
     if m:  # fhir.resources' wording for a malformed date, dateTime, id, code ...
         return f"invalid {m.group(1)[0].lower() + m.group(1)[1:]}"
@@ -175,14 +302,14 @@ def _validate(resource: dict, version: str) -> tuple[Issue, ...]:
         return (Issue("resourceType", "missing or not a string"),)
     cls = model_class(rt, version)
     if cls is None:
-        return (Issue("resourceType", f"'{rt}' is not a FHIR {version} resource type"),)
+        return (Issue("resourceType", unknown_type_message(rt, version)),)
     issues: list[Issue] = []
     try:
         cls.model_validate(resource)
     except ValidationError as e:
         seen = set()
         for err in e.errors():
-            issue = Issue(_path(err.get("loc", ())), _message(err))
+            issue = Issue(_path(err.get("loc", ())), _message(err, cls))
             if issue not in seen:
                 seen.add(issue)
                 issues.append(issue)
@@ -193,3 +320,15 @@ def _validate(resource: dict, version: str) -> tuple[Issue, ...]:
         if rtype == rt and element in resource and not (isinstance(resource[element], str) and resource[element] in allowed):
             issues.append(Issue(element, f"'{str(resource[element])[:100]}' is not a valid {rt}.{element} code"))
     return tuple(issues)
+
+
+def version_hint(resource: Any, version: str) -> str | None:
+    """For a resource that is invalid in `version`: 'this looks like FHIR R5' when it is valid in the
+    other version (R4 data sent as R5 or the reverse is the commonest cause of unknown elements:
+    medicationCodeableConcept in R4, medication.concept in R5); None otherwise."""
+    other = "R5" if version == "R4" else "R4"
+    if not isinstance(resource, dict) or not validate_resource(resource, version):
+        return None
+    if model_class(str(resource.get("resourceType")), other) is None or validate_resource(resource, other):
+        return None
+    return f"this looks like FHIR {other} (it is valid {other})"

@@ -33,11 +33,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cds_tpi import __version__
 from cds_tpi.errors import InputError
-from cds_tpi.service.audit import AuditWriter
+from cds_tpi.service.audit import AuditWriter, card_rows
 from cds_tpi.service.auth import JtiStore, JwtVerifier
 from cds_tpi.service.config import ServiceConfig
 from cds_tpi.service.discovery import PrefetchKey, checked_records, discovery_document, prefetch_keys_for
-from cds_tpi.service.feedback import parse_feedback
+from cds_tpi.service.feedback import check_issued, issued_cards, parse_feedback
 from cds_tpi.service.hooks import find_service, parse_call, should_evaluate
 from cds_tpi.service.openapi import openapi_document
 from cds_tpi.service.outcomes import HttpError, operation_outcome
@@ -223,7 +223,8 @@ async def call_service(request: Request) -> Response:
             at=datetime.now(timezone.utc), service=service.id, hook_instance=hook_instance, status=status,
             outcome=outcome, duration_ms=round(duration_ms, 3),
             rule_ids=tuple(dict.fromkeys(str(f.rule_id) for f in evaluation.findings)) if evaluation else (),
-            cards=tuple(_card_audit(c) for c in evaluation.cards) if evaluation else (),
+            cards=card_rows(evaluation.cards)[0] if evaluation else (),
+            override_reasons=card_rows(evaluation.cards)[1] if evaluation else (),
         )
         log.info("call service=%s hookInstance=%s status=%s outcome=%s cards=%d %.1fms", service.id, hook_instance,
                  status, outcome, len(record.cards), duration_ms)
@@ -237,6 +238,12 @@ async def call_feedback(request: Request) -> Response:
     service = find_service(request.path_params["service_id"])
     await _authenticate(request)
     items = parse_feedback(await _read_body(request, st.config.max_body_bytes))
+    try:
+        issued = await issued_cards(st.storage, st.audit, service.id, items)
+    except Exception as e:
+        log.error("feedback not stored: database error %s (looking up its cards)", type(e).__name__)
+        raise HttpError(503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}) from None
+    check_issued(items, issued, service.id)  # 404 unknown card, 400 an override reason it did not offer
     try:
         added = await run_in_threadpool(st.storage.store_feedback, service.id, items)
     except Exception as e:
@@ -271,11 +278,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise HttpError(413, f"request body larger than {limit} bytes")
     return bytes(body)
-
-
-def _card_audit(card: dict) -> tuple[str, str | None, str]:
-    topic = (card.get("source") or {}).get("topic") or {}
-    return str(card.get("uuid", "")), topic.get("code"), str(card.get("indicator", ""))
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -38,6 +38,16 @@ class AuditWriter:
         except queue.Full:
             self._failed(1, "queue full")
 
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until every record queued so far has been written (or failed); False on timeout.
+        Feedback uses it: a card issued a moment ago may still be in this queue."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the thread."""
         self._queue.put(_STOP)
@@ -66,9 +76,26 @@ class AuditWriter:
                     self.storage.write_audits(batch)
                 except Exception as e:  # never let the audit break the service
                     self._failed(len(batch), type(e).__name__)
+            for _ in range(len(batch) + (1 if stop else 0)):
+                self._queue.task_done()
             if stop:
                 return
 
     def _failed(self, n: int, why: str) -> None:
         self.failures += n
         log.error("%d audit row(s) not written: %s; %d so far", n, why, self.failures)
+
+
+def card_rows(cards: list[dict]) -> tuple[tuple[tuple[str, str | None, str], ...], tuple[tuple[str, str, str], ...]]:
+    """The audit rows of the cards answered: (uuid, rule id, indicator) per card, and
+    (card uuid, system, code) per override reason a card offered (feedback is checked against them)."""
+    rows = []
+    reasons = []
+    for card in cards:
+        topic = (card.get("source") or {}).get("topic") or {}
+        uuid = str(card.get("uuid", ""))
+        rows.append((uuid, topic.get("code"), str(card.get("indicator", ""))))
+        for reason in card.get("overrideReasons") or ():
+            if isinstance(reason, dict) and reason.get("code"):
+                reasons.append((uuid, str(reason.get("system", "")), str(reason["code"])))
+    return tuple(rows), tuple(reasons)

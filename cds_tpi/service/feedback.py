@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timezone
 from typing import Any
 
 from cds_tpi.service.hooks import parse_json_object
 from cds_tpi.service.outcomes import HttpError
-from cds_tpi.service.storage import FeedbackItem
+from cds_tpi.service.audit import AuditWriter
+from cds_tpi.service.storage import FeedbackItem, Storage
 
 OUTCOMES = ("accepted", "overridden")
 MAX_ITEMS = 1000
@@ -23,6 +25,42 @@ def parse_feedback(body: bytes) -> list[FeedbackItem]:
     if len(entries) > MAX_ITEMS:
         raise HttpError(400, f"at most {MAX_ITEMS} entries per call", "feedback")
     return [_item(entry, f"feedback[{i}]") for i, entry in enumerate(entries)]
+
+
+# How long feedback waits for a card it does not find yet: the card may have been issued moments ago
+# and still be in an audit queue, here (flushed first) or on another replica (written within ~0.1 s).
+ISSUED_WAIT_SECONDS = 1.0
+
+
+async def issued_cards(storage: Storage, audit: AuditWriter, service: str,
+                       items: list[FeedbackItem]) -> dict[str, frozenset[tuple[str, str]]]:
+    """The cards these feedback items name that `service` issued, with their offered override reasons."""
+    wanted = {f.card_uuid for f in items}
+    issued = await asyncio.to_thread(storage.issued_cards, service, sorted(wanted))
+    if len(issued) == len(wanted):
+        return issued
+    await asyncio.to_thread(audit.flush)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ISSUED_WAIT_SECONDS
+    while True:
+        issued = await asyncio.to_thread(storage.issued_cards, service, sorted(wanted))
+        if len(issued) == len(wanted) or loop.time() >= deadline:
+            return issued
+        await asyncio.sleep(0.1)
+
+
+def check_issued(items: list[FeedbackItem], issued: dict[str, frozenset[tuple[str, str]]], service: str) -> None:
+    """Feedback must be about a card this service issued (404 otherwise) and name, as override
+    reason, one the card offered (400 otherwise). `issued`: card uuid -> offered (system, code)."""
+    unknown = [i for i, f in enumerate(items) if f.card_uuid not in issued]
+    if unknown:
+        more = f" ({len(unknown) - 1} more entries name unknown cards)" if len(unknown) > 1 else ""
+        raise HttpError(404, f"no card with this id was issued by {service}{more}", f"feedback[{unknown[0]}].card")
+    for i, f in enumerate(items):
+        if f.override_code is not None and (f.override_system, f.override_code) not in issued[f.card_uuid]:
+            offered = ", ".join(f"{system}|{code}" for system, code in sorted(issued[f.card_uuid])) or "none"
+            raise HttpError(400, f"this card did not offer this override reason (offered: {offered})",
+                            f"feedback[{i}].overrideReason.reason")
 
 
 def _item(entry: Any, at: str) -> FeedbackItem:

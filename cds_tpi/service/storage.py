@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: card_override_reason (the override reasons each issued card offered)
 
 metadata = sa.MetaData()
 
@@ -44,6 +44,15 @@ audit_card = sa.Table(
     sa.Column("rule_id", sa.String(128), nullable=True, index=True),
     sa.Column("indicator", sa.String(16), nullable=False),
     sa.Index("ix_audit_card_uuid", "card_uuid"),
+)
+
+# The override reasons each issued card offered: feedback naming another reason is refused (400).
+card_override_reason = sa.Table(
+    "card_override_reason",
+    metadata,
+    sa.Column("card_uuid", sa.String(64), primary_key=True),
+    sa.Column("system", sa.String(256), primary_key=True),
+    sa.Column("code", sa.String(128), primary_key=True),
 )
 
 feedback = sa.Table(
@@ -84,6 +93,7 @@ class AuditRecord:
     duration_ms: float
     rule_ids: tuple[str, ...] = ()
     cards: tuple[tuple[str, str | None, str], ...] = ()  # (uuid, rule id, indicator)
+    override_reasons: tuple[tuple[str, str, str], ...] = ()  # (card uuid, system, code) offered
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,8 @@ class Storage:
                     pass
             elif found > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema version {found} is newer than this program ({SCHEMA_VERSION})")
+            elif found < SCHEMA_VERSION:  # 1 -> 2 only added a table, which create_all made
+                conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
 
     def check_writable(self) -> None:
         """Raise when the database accepts reads but not writes (e.g. a read-only SQLite file):
@@ -185,6 +197,11 @@ class Storage:
                      for audit_id, r in zip(ids, records) for u, rule, i in r.cards]
             if cards:
                 conn.execute(audit_card.insert(), cards)
+            reasons = {(u, system, code) for r in records for u, system, code in r.override_reasons}
+            if reasons:
+                insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(card_override_reason)
+                conn.execute(insert.on_conflict_do_nothing(),
+                             [{"card_uuid": u, "system": system, "code": code} for u, system, code in sorted(reasons)])
 
     def write_audit(self, record: AuditRecord) -> None:
         """Insert one audit row and its cards."""
@@ -213,6 +230,25 @@ class Storage:
             for row in rows:  # one by one: a returned id = a new row, none = a duplicate (both dialects)
                 added += len(conn.execute(statement, row).all())
         return added
+
+    def issued_cards(self, service: str, card_uuids: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
+        """The cards among `card_uuids` that `service` issued, each with the override reasons
+        (system, code) it offered."""
+        wanted = sorted(set(card_uuids))
+        if not wanted:
+            return {}
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(audit_card.c.card_uuid).distinct()
+                .select_from(audit_card.join(audit, audit.c.id == audit_card.c.audit_id))
+                .where(audit.c.service == service, audit_card.c.card_uuid.in_(wanted))).scalars().all()
+            offered: dict[str, set[tuple[str, str]]] = {u: set() for u in found}
+            if found:
+                for u, system, code in conn.execute(
+                        sa.select(card_override_reason.c.card_uuid, card_override_reason.c.system,
+                                  card_override_reason.c.code).where(card_override_reason.c.card_uuid.in_(found))):
+                    offered[u].add((system, code))
+        return {u: frozenset(r) for u, r in offered.items()}
 
     def claim_jti(self, iss: str, jti: str, exp: int) -> bool:
         """Record a JWT id; False if it is already there (a replay). Expired ids are purged."""

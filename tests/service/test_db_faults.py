@@ -37,7 +37,8 @@ FAST = 3.0  # seconds: a 503 must come back this fast (no waiting on a dead data
 
 def _feedback(card: str, ts: str = "2025-03-01T12:00:00Z") -> dict:
     return {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": ts, "overrideReason": {
-        "reason": {"system": "https://cds-tpi.example.org/override", "code": "held", "display": "Held"}}}]}
+        "reason": {"system": "https://cds-tpi.example.org/CodeSystem/override-reason", "code": "therapy-held",
+                   "display": "Held"}}}]}  # one of the reasons the anticoagulant card offers
 
 
 def _count(storage: Storage, card: str) -> int:
@@ -165,7 +166,11 @@ def test_database_lost_mid_run(db_kind, start_service, evaluator, immutable, req
     _wait(lambda: _audit_rows(service.storage, before["hookInstance"]) == 1)
     failures_before = service.get("/health").json()["auditFailures"]
 
-    lost = str(uuid.uuid4())  # a card whose feedback arrives while the database is down
+    # a card issued before the outage whose feedback arrives while the database is down
+    second = hook_request("order-sign")
+    lost = next(c["uuid"] for c in service.post("/cds-services/tpi-order-sign", second).json()["cards"]
+                if c["source"]["topic"]["code"] == "anticoagulant")
+    _wait(lambda: _audit_rows(service.storage, second["hookInstance"]) == 1)
     with caplog.at_level(logging.INFO, logger="cds_tpi.service"):
         with _broken(db_kind, service, immutable, cluster):
             # feedback: 503 + Retry-After, fast, never 200

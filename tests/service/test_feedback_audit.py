@@ -14,11 +14,12 @@ from conftest import PATIENT_ID, hook_request
 pytestmark = pytest.mark.timeout(120)
 
 
-def _feedback(card: str, outcome: str = "overridden", ts: str = "2025-03-01T12:00:00+01:00") -> dict:
+def _feedback(card: str, outcome: str = "overridden", ts: str = "2025-03-01T12:00:00+01:00",
+              reason: dict | None = None) -> dict:
     item = {"card": card, "outcome": outcome, "outcomeTimestamp": ts}
     if outcome == "overridden":
-        item["overrideReason"] = {"reason": {"system": "https://cds-tpi.example.org/override", "code": "therapy-held",
-                                             "display": "Anticoagulant already held"}, "userComment": "held 3 days"}
+        item["overrideReason"] = {"reason": reason or {"system": "https://cds-tpi.example.org/override", "code": "therapy-held",
+                                                       "display": "Anticoagulant already held"}, "userComment": "held 3 days"}
     else:
         item["acceptedSuggestions"] = [{"id": str(uuid.uuid4())}]
     return {"feedback": [item]}
@@ -44,17 +45,18 @@ def test_feedback_is_stored_once_and_counted_in_stats(start_service, evaluator, 
     service = start_service(evaluator, **kwargs)
     cards = service.post("/cds-services/tpi-order-sign", hook_request("order-sign")).json()["cards"]
     card = next(c for c in cards if c["source"]["topic"]["code"] == "anticoagulant")
-    body = _feedback(card["uuid"])
+    reason = card["overrideReasons"][0]  # as a client sends it: one of the reasons the card offered
+    body = _feedback(card["uuid"], reason=reason)
     first = service.post("/cds-services/tpi-order-sign/feedback", body)
     assert first.status_code == 200 and first.json() == {"received": 1, "stored": 1, "duplicates": 0}
     again = service.post("/cds-services/tpi-order-sign/feedback", body)
     assert again.status_code == 200 and again.json()["duplicates"] == 1
-    same_instant = _feedback(card["uuid"], ts="2025-03-01T11:00:00Z")  # the same instant, written in UTC
+    same_instant = _feedback(card["uuid"], ts="2025-03-01T11:00:00Z", reason=reason)  # the same instant, in UTC
     assert service.post("/cds-services/tpi-order-sign/feedback", same_instant).json()["duplicates"] == 1
     _wait_rows(service.storage, "select * from audit_card", len(cards))
     stats = {s.rule_id: s for s in service.storage.rule_stats()}
     assert stats["anticoagulant"].overridden >= 1
-    assert ("Anticoagulant already held", 1) in stats["anticoagulant"].top_override_reasons
+    assert (reason["display"], 1) in stats["anticoagulant"].top_override_reasons
 
 
 @pytest.mark.parametrize(("mutate", "field"), [
@@ -76,9 +78,11 @@ def test_bad_feedback_is_400_naming_the_field(start_service, fake_evaluator, mut
 
 def test_feedback_is_503_when_the_database_cannot_store_it(start_service, fake_evaluator, tmp_path):
     service = start_service(fake_evaluator)
+    card = service.post("/cds-services/tpi-order-sign", hook_request("order-sign")).json()["cards"][0]
+    _wait_rows(service.storage, "select * from audit_card", 1)
     with service.storage.engine.begin() as conn:
         conn.execute(sa.text("drop table feedback"))
-    r = service.post("/cds-services/tpi-order-sign/feedback", _feedback(str(uuid.uuid4())))
+    r = service.post("/cds-services/tpi-order-sign/feedback", _feedback(card["uuid"], outcome="accepted"))
     assert r.status_code == 503 and r.json()["resourceType"] == "OperationOutcome"
     assert r.headers.get("retry-after")
 

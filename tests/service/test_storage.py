@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from cds_tpi.service.storage import AuditRecord, FeedbackItem, Storage, normalise_url, redact_url
+from cds_tpi.service.storage import SCHEMA_VERSION, AuditRecord, FeedbackItem, Storage, normalise_url, redact_url
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +41,7 @@ def test_schema_creation_is_idempotent(storage):
     storage.create_schema()
     storage.create_schema()
     with storage.engine.connect() as conn:
-        assert conn.execute(sa.text("select version from schema_version")).scalar() == 1
+        assert conn.execute(sa.text("select version from schema_version")).scalar() == SCHEMA_VERSION
 
 
 def test_feedback_is_idempotent(storage):
