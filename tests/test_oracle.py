@@ -1,0 +1,176 @@
+"""Differential oracle: the Python evaluation of the rules (cds_tpi/ruleset/match.py, built on each
+operator's `evaluate`) and durable-rules (the compiled ruleset, then findings.collect) agree on
+which rules fire, through which alternatives, and on which facts each pattern bound.
+
+Fact lists are generated from the rules themselves: every value set id, literal and param value a
+condition names (and numbers just around the params), so thresholds, joins (`ref`), negations
+(`absent`, `none`) and `min_count` are all reached. Besides the bundled rules, a few synthetic rules
+cover the operators no bundled rule uses (`in`, `or`, two patterns of one fact type).
+
+Budget: a few hundred derandomized examples in CI; `CDS_TPI_FUZZ=long` runs thousands, randomized.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from cds_tpi.engine import Engine
+from cds_tpi.findings import collect
+from cds_tpi.ruleset import load_rulebook
+from cds_tpi.ruleset.compile import compile_rules
+from cds_tpi.ruleset.conditions import Comparison, Env, Literal, Or, _ListOp, In
+from cds_tpi.ruleset.facttypes import FACT_FIELDS, VALUESET_FIELDS
+from cds_tpi.ruleset.match import evaluate_rules
+from cds_tpi.ruleset.model import Alternative, Pattern, Rule
+
+from .conftest import RULES
+
+LONG = os.environ.get("CDS_TPI_FUZZ", "").lower() == "long"
+BUDGET = settings(max_examples=4000 if LONG else 300, derandomize=not LONG, database=None, deadline=None,
+                  print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+BOOK = load_rulebook(RULES)
+
+
+def _synthetic() -> list[Rule]:
+    """Rules for the operators and shapes the bundled rules do not use."""
+    def rule(rid, *alts, params=None):
+        return Rule(rid, rid, "info", tuple(Alternative(i, tuple(a)) for i, a in enumerate(alts)), {}, (), params or {})
+
+    return [
+        rule("syn-in-or",
+             [Pattern("c", "condition", {"status": {"in": ["active", "recurrence"]},
+                                         "or": [{"onset_days": {"lt": 30}}, {"vs": {"any": ["sepsis"]}, "region": "unknown"}]})]),
+        rule("syn-two-of-a-type",
+             [Pattern("a", "medication", {"vs": {"any": ["anticoagulants"]}}),
+              Pattern("b", "medication", {"status": {"ne": {"ref": "a.status"}}})]),
+        rule("syn-exists-none",
+             [Pattern("o", "order"), Pattern("i", "injectate", {"dose_mg": {"exists": False}, "vs": {"none": ["lidocaine", "corticosteroids"]}}),
+              Pattern("s", "site", {"region": {"ref": "o.code"}}, absent=True)]),
+        rule("syn-min-count",
+             [Pattern("p", "procedure", {"age_days": {"lte": {"param": "window"}}}, min_count={"param": "n"})],
+             [Pattern("p", "procedure", {"used_vs": {"all": ["corticosteroids", "local-anesthetics"]}}),
+              Pattern("q", "procedure", {"age_days": {"gt": {"mul": [{"ref": "p.age_days"}, 2]}}})],
+             params={"window": 100, "n": 2}),
+    ]
+
+
+# Notes are left out: the oracle is about matching (notes are templates over what matched).
+RULES_UNDER_TEST = [replace(r, alternatives=tuple(replace(a, note=None) for a in r.alternatives))
+                    for r in BOOK.rules + _synthetic()]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(compile_rules(RULES_UNDER_TEST, BOOK.terminology))
+
+
+def _pools() -> dict[str, list]:
+    """Per field: the values conditions name (value set ids resolved, params inlined), and numbers
+    around each numeric one."""
+    pools: dict[str, set] = {}
+    pools["@list"], pools["@ref"] = set(), set()
+    env_of = {r.id: Env(r.params, BOOK.terminology) for r in RULES_UNDER_TEST}
+
+    def walk(conds, rule):
+        for c in conds:
+            if isinstance(c, Or):
+                for sub in c.alternatives:
+                    walk(sub, rule)
+            elif isinstance(c, _ListOp):
+                pools.setdefault(c.field, set()).update(c.ids(BOOK.terminology, strict=False))
+                pools["@list"].add(c.field)
+            elif isinstance(c, In):
+                pools.setdefault(c.field, set()).update(c.values)
+            elif isinstance(c, Comparison):
+                pools["@ref"] |= c.value.ref_fields()
+                v = c._expected(env_of[rule.id])
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    pools.setdefault(c.field, set()).update({v, v - 1, v + 1, v + 0.5, 0})
+                elif isinstance(v, str):
+                    pools.setdefault(c.field, set()).add(v)
+
+    for rule in RULES_UNDER_TEST:
+        for alt in rule.alternatives:
+            for p in alt.patterns:
+                walk(p.conditions, rule)
+    for f in pools["@list"]:
+        pools[f].add("something-else")
+    return {k: sorted(v, key=repr) for k, v in pools.items()}
+
+
+POOLS = _pools()
+NUMBERS = st.one_of(st.integers(-5, 400), st.floats(0, 400, allow_nan=False).map(lambda x: round(x, 2)))
+LIST_FIELDS = set(POOLS["@list"])
+READ = {f for f in POOLS if not f.startswith("@")}  # fields some condition reads
+# Fields another pattern refers to are always present (durable fails on a reference to a missing
+# field; the facts stage always writes the fields rules refer to); any other field may be absent.
+REQUIRED = set(POOLS["@ref"])
+TYPES = sorted({p.fact for r in RULES_UNDER_TEST for a in r.alternatives for p in a.patterns})
+
+
+def _field_value(field: str):
+    pool = POOLS.get(field, [])
+    if field in LIST_FIELDS:
+        return st.lists(st.sampled_from(pool), max_size=4, unique=True)
+    nums = [v for v in pool if isinstance(v, (int, float))]
+    strs = [v for v in pool if isinstance(v, str)]
+    options = []
+    if nums:
+        options += [st.sampled_from(nums), NUMBERS]
+    if strs:
+        options += [st.sampled_from(strs + ["other"])]
+    if field == "region":
+        options = [st.sampled_from(strs + ["unknown", "20553"])]
+    return st.one_of(*options) if options else st.sampled_from(["x", "y"])
+
+
+@st.composite
+def fact(draw, fid: int):
+    t = draw(st.sampled_from(TYPES))
+    out = {"t": t, "fid": fid}
+    if "ref" in FACT_FIELDS[t]:
+        out["ref"] = f"{t.title()}/r{draw(st.integers(0, 4))}"
+    for field in sorted(FACT_FIELDS[t] & READ - {"t", "fid", "ref"}):
+        if field in REQUIRED or draw(st.integers(0, 3)):
+            out[field] = draw(_field_value(field))
+    return out
+
+
+@st.composite
+def fact_lists(draw):
+    n = draw(st.integers(0, 20))
+    return [draw(fact(fid)) for fid in range(1, n + 1)]
+
+
+def _summary(results) -> dict:
+    return {rid: (tuple(alts), {name: sorted(f["fid"] for f in facts) for name, facts in bindings.items()})
+            for rid, alts, bindings in results}
+
+
+@BUDGET
+@given(facts=fact_lists())
+def test_python_evaluation_agrees_with_the_engine(engine, facts):
+    note(f"facts: {facts}")
+    by_engine = _summary((f.rule_id, f.alternatives, f.bindings) for f in collect(engine.run(facts), RULES_UNDER_TEST))
+    by_python = _summary((r.rule.id, r.alternatives, r.bindings)
+                         for r in evaluate_rules(RULES_UNDER_TEST, facts, BOOK.terminology) if r.fired)
+    assert by_python == by_engine
+
+
+def test_the_generator_reaches_firings(engine):
+    """The oracle is only as good as its examples: most rules must fire on some generated list."""
+    fired: set[str] = set()
+
+    @settings(BUDGET, max_examples=200)
+    @given(facts=fact_lists())
+    def run(facts):
+        fired.update(r.rule.id for r in evaluate_rules(RULES_UNDER_TEST, facts, BOOK.terminology) if r.fired)
+
+    run()
+    assert len(fired) >= len(RULES_UNDER_TEST) * 2 // 3, sorted(fired)
