@@ -62,9 +62,10 @@ def _request_schema(hook: str) -> dict:
 
 
 _ERRORS = {
-    "400": "Malformed JSON or a missing / wrong field (named in the OperationOutcome)",
+    "400": "Malformed JSON or a missing / wrong field (named in the OperationOutcome); for feedback, also an "
+           "override reason the card did not offer",
     "401": "JWT missing or rejected (the reason is in the OperationOutcome)",
-    "404": "Unknown service",
+    "404": "Unknown service; for feedback, also a card this service never issued",
     "413": "Body over the configured limit",
     "503": "A dependency (database, issuer keys) is unavailable",
 }
@@ -113,7 +114,7 @@ def openapi_document(auth_enabled: bool = True) -> dict:
         paths[f"/cds-services/{service.id}/feedback"] = {"post": {
             "operationId": f"{op}_feedback", "summary": f"Feedback on {service.id} cards", "security": security,
             "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Feedback")}}},
-            "responses": _responses(codes("400", "401", "413", "503"),
+            "responses": _responses(codes("400", "401", "404", "413", "503"),
                                     {"description": "Stored (idempotent)",
                                      "content": {_JSON: {"schema": _ref("FeedbackReceipt")}}}),
         }}

@@ -88,7 +88,7 @@ def test_a_card_that_offered_no_reason_takes_none(start_service, evaluator):
     if plain is None:
         pytest.skip("every card of the sample offers override reasons")
     reason = {"system": "https://cds-tpi.example.org/CodeSystem/override-reason", "code": "therapy-held"}
-    r = service.post(FB.replace("tpi-order-sign", "tpi-order-sign"), {"feedback": [_item(plain["uuid"], reason)]})
+    r = service.post(FB, {"feedback": [_item(plain["uuid"], reason)]})
     assert r.status_code == 400 and "offered: none" in r.text
 
 
