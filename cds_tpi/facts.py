@@ -1,7 +1,8 @@
 """Resources -> plain facts the rules match (types and fields in ruleset/facttypes.py).
 
 Generic FHIR reading only: which records count as current comes from rules/records.yaml,
-what a code means comes from rules/valuesets. No drug names, codes or thresholds live here.
+what a code means comes from rules/valuesets, the planned order's doses from order.py. No drug
+names, codes or thresholds live here.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
+from . import order as planned
+from .fhir.datatypes import codeable as _codeable, coding_code as _coding_code, display as _display, parse_date, printable as _printable
 from .fhir.refs import ResourceIndex, ref_key
-from .ruleset.records import RecordPolicy
+from .ruleset.records import RecordPolicy, ResourcePolicy
 from .terminology import Terminology, _words
 
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
-_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
-_MG_PER_ML = re.compile(r"(\d+(?:\.\d+)?)\s*MG\s*/\s*ML", re.IGNORECASE)
+_CLAUSES = re.compile(r"[.;\n]+")
 
 
 @dataclass
@@ -30,66 +31,66 @@ class Inputs:
     full_urls: dict[int, str] = field(default_factory=dict)     # id(resource) -> fullUrl
 
 
-def parse_date(value) -> date | None:
-    """The (first) day of a FHIR date/dateTime/instant; None when unparsable."""
-    if not isinstance(value, str):
-        return None
-    if len(value) >= 10 and value[4] == "-" and value[7] == "-":
-        try:
-            return date.fromisoformat(value[:10])  # the common full date / dateTime
-        except ValueError:
-            pass
-    m = _DATE.match(value)
-    if not m:
-        return None
-    try:
-        return date(int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1))
-    except ValueError:
-        return None
+_ABATEMENT = ("abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString", "abatementBoolean")
 
 
-def _codeable(cc) -> tuple[list[tuple[str, str]], list[str]]:
-    """(system, code) pairs and texts of a CodeableConcept (R4) or CodeableReference (R5)."""
-    if not isinstance(cc, dict):
-        return [], []
-    if "concept" in cc and isinstance(cc["concept"], dict):  # R5 CodeableReference
-        cc = cc["concept"]
-    codes, texts = [], []
-    # Also called on records not validated yet (is this Observation one we read? is this draft a TPI?):
-    # a coding list or system of the wrong JSON type is no code, not a crash.
-    codings = cc.get("coding")
-    for c in codings if isinstance(codings, list) else ():
-        if isinstance(c, dict):
-            if isinstance(c.get("system"), str) and c["system"] and c.get("code"):
-                codes.append((c["system"], str(c["code"])))
-            if c.get("display"):
-                texts.append(str(c["display"]))
-    if cc.get("text"):
-        texts.append(str(cc["text"]))
-    return codes, texts
+def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
+    """Does this record count, per its resource type's policy in rules/records.yaml?"""
+    if p.status is not None and r.get("status") not in p.status:
+        return False
+    if p.exclude_intent and r.get("intent") in p.exclude_intent:
+        reported = r.get("reportedBoolean") is True or isinstance(r.get("reportedReference"), dict)
+        if not (p.reported_counts and reported):
+            return False
+    if p.clinical_status is not None:
+        cs = _coding_code(r.get("clinicalStatus"))
+        if cs is None:
+            if not p.missing_clinical_status_counts:
+                return False
+        elif cs not in p.clinical_status:
+            return False
+    if p.exclude_verification and _coding_code(r.get("verificationStatus")) in p.exclude_verification:
+        return False
+    if p.exclude_abated:
+        for key in _ABATEMENT:
+            if key in r:
+                if key == "abatementBoolean" and r[key] is False:
+                    continue
+                when = parse_date(r[key]) if key == "abatementDateTime" else parse_date((r[key] or {}).get("end") if isinstance(r[key], dict) else None)
+                if when is None or when <= today:
+                    return False
+    if p.exclude_ended_period:
+        period = r.get("effectivePeriod")
+        end = parse_date(period.get("end")) if isinstance(period, dict) else None
+        if end is not None and end < today:
+            return False
+    return True
 
 
-def _display(cc, fallback: str = "", parsed=None) -> str:
-    """Text of a CodeableConcept, else its first display, else system code."""
-    if isinstance(cc, dict) and cc.get("text"):
-        return str(cc["text"])
-    codes, texts = parsed if parsed is not None else _codeable(cc)
-    return texts[0] if texts else (f"{codes[0][0].rsplit('/', 1)[-1]} {codes[0][1]}" if codes else fallback)
+def _categories(r: dict) -> list[str]:
+    out = []
+    cats = r.get("category")
+    for cc in cats if isinstance(cats, list) else ():
+        code = _coding_code(cc)
+        if code:
+            out.append(code)
+    return out
 
 
-def _printable(text: str) -> str:
-    """text with lone surrogates written as \\udXXX escapes. Names of skipped records come from input that
-    was not valid (e.g. a Python dict holding "\\ud800"); durable-rules rejects such strings, and no JSON
-    encoder writes them as UTF-8."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _coding_code(cc) -> str | None:
-    if isinstance(cc, dict):
-        for c in cc.get("coding") or []:
-            if isinstance(c, dict) and c.get("code"):
-                return str(c["code"])
-    return None
+def condition_record(r: dict, onset: date | None) -> str:
+    """What kind of record a Condition is, in words for a card: "problem list, active",
+    "encounter diagnosis of 2026-11-10, no clinical status"."""
+    cats = _categories(r)
+    status = _coding_code(r.get("clinicalStatus"))
+    if "problem-list-item" in cats:
+        kind = "problem list"
+    elif "encounter-diagnosis" in cats:
+        kind = "encounter diagnosis"
+    elif cats:
+        kind = f"{cats[0]} record"
+    else:
+        kind = "condition record"
+    return ", ".join([kind, status or "no clinical status", f"dated {onset.isoformat()}" if onset else "undated"])
 
 
 class FactBuilder:
@@ -136,33 +137,7 @@ class FactBuilder:
         return (self.today - d).days if d else None
 
     def _current(self, r: dict) -> bool:
-        """Does this record count, per rules/records.yaml?"""
-        p = self.policy.for_type(r.get("resourceType", ""))
-        if p.status is not None and r.get("status") not in p.status:
-            return False
-        if p.clinical_status is not None:
-            cs = _coding_code(r.get("clinicalStatus"))
-            if cs is None:
-                if not p.missing_clinical_status_counts:
-                    return False
-            elif cs not in p.clinical_status:
-                return False
-        if p.exclude_verification and _coding_code(r.get("verificationStatus")) in p.exclude_verification:
-            return False
-        if p.exclude_abated:
-            for key in ("abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString", "abatementBoolean"):
-                if key in r:
-                    when = parse_date(r[key]) if key == "abatementDateTime" else parse_date((r[key] or {}).get("end") if isinstance(r[key], dict) else None)
-                    if key == "abatementBoolean" and r[key] is False:
-                        continue
-                    if when is None or when <= self.today:
-                        return False
-        if p.exclude_ended_period:
-            period = r.get("effectivePeriod")
-            end = parse_date(period.get("end")) if isinstance(period, dict) else None
-            if end is not None and end < self.today:
-                return False
-        return True
+        return is_current(r, self.policy.for_type(r.get("resourceType", "")), self.today)
 
     def _medication_of(self, r: dict) -> tuple[list, list, str, dict | None]:
         """Codes, texts, display name and the Medication resource (if any) of a medication record."""
@@ -203,7 +178,32 @@ class FactBuilder:
                 if isinstance(mref, dict) and mref.get("display"):
                     texts.append(mref["display"])
                 self._emit("gap", ref=ref_key(r) or "", name=f"the medication of {ref_key(r) or 'a record'} ({ref}) could not be resolved")
+        if not texts:  # a product code alone: named as the value sets name it
+            name = next((d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d), name)
         return codes, texts, name or "unnamed medication", med
+
+    def _product(self, r: dict) -> tuple[planned.Product, list, list]:
+        """A medication order's product (value sets, names, ingredients with strengths), codes and texts.
+        Product codes without a display are read with the display the value sets give them."""
+        codes, texts, name, med = self._medication_of(r)
+        named = [t for t in (self.term.display_of(s, c) for s, c in codes) if t]
+        vs = self.term.match(codes, texts).all
+        ingredients = []
+        for ing in (med or {}).get("ingredient") or []:
+            if not isinstance(ing, dict):
+                continue
+            item = ing.get("itemCodeableConcept") or (ing.get("item") or {}).get("concept")
+            iref = ing.get("itemReference") or (ing.get("item") or {}).get("reference")
+            c, t = _codeable(item)
+            if iref:
+                sub = self.index.resolve(iref, med)
+                if sub is not None:
+                    c2, t2 = _codeable(sub.get("code"))
+                    c, t = c + c2, t + t2
+            t = t + [d for d in (self.term.display_of(s_, c_) for s_, c_ in c) if d]
+            ingredients.append((self.term.match(c, t).all, ing.get("strength") or ing.get("strengthRatio")))
+        product = planned.Product(name, vs, tuple(dict.fromkeys([name] + texts + named)), tuple(ingredients))
+        return product, codes, texts + named
 
     def _regions(self, codeables: list, extra_texts: list[str] = ()) -> list[str]:
         codes, texts = [], list(extra_texts)
@@ -277,13 +277,18 @@ class FactBuilder:
 
     def _condition(self, r: dict) -> None:
         codes, texts = _codeable(r.get("code"))
+        # A negation cue in the text only stops a TEXT match; a coded match always counts.
         vs, text_only = self._member(codes, self._affirmed(texts))
         name = _display(r.get("code"), "condition", (codes, texts))
         onset = parse_date(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
+        age = self._age_days(onset)
+        if (_coding_code(r.get("clinicalStatus")) is None and self.policy.acute_window_days is not None
+                and age is not None and age > self.policy.acute_window_days and set(vs) & set(self.policy.acute_valuesets)):
+            return  # an old acute diagnosis with no status (an encounter diagnosis): history, not current
         base = dict(ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
-                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
+                    status=_coding_code(r.get("clinicalStatus")) or "unknown", recorded_as=condition_record(r, onset))
         if onset:
-            base["onset_days"] = self._age_days(onset)
+            base["onset_days"] = age
         regions = self._regions(r.get("bodySite") or [], texts) or ["unknown"]
         for region in regions:
             self._emit("condition", region=region, **base)
@@ -365,17 +370,23 @@ class FactBuilder:
             fields["age_days"] = self._age_days(when)
         self._emit("procedure", **fields)
 
-    # -- the planned order ------------------------------------------------------------------------
-    def is_tpi(self, r: dict) -> bool:
-        if r.get("resourceType") != "ServiceRequest":
-            return False
-        codes, texts = _codeable(r.get("code"))
-        vs, _ = self._member(codes, texts)
-        return any(v in vs for v in self.policy.tpi_order_valuesets)
+    # -- the planned order (what it is and its doses: order.py) ---------------------------------------
+    def _weight_kg(self) -> float | None:
+        """The latest body weight in kg within the dose policy's window, if any."""
+        limits = self.policy.anesthetic_limits
+        if limits is None:
+            return None
+        for f in self.facts:
+            if (f["t"] == "observation" and limits.weight_valueset in f.get("latest_in", ()) and f.get("unit") == "kg"
+                    and isinstance(f.get("value"), float) and f.get("age_days") is not None
+                    and 0 <= f["age_days"] <= limits.weight_max_age_days and f["value"] > 0):
+                return f["value"]
+        return None
 
     def _orders(self, drafts: list[dict]) -> tuple[list[dict], list[dict]]:
         sr_policy = self.policy.for_type("ServiceRequest")
-        orders = [r for r in drafts if self.is_tpi(r) and (sr_policy.status is None or r.get("status") in sr_policy.status)]
+        orders = [r for r in drafts if planned.is_tpi(r, self.term, self.policy)
+                  and (sr_policy.status is None or r.get("status") in sr_policy.status)]
         order_keys = {ref_key(o) for o in orders}
         order_facts = []
         for o in orders:
@@ -385,64 +396,45 @@ class FactBuilder:
                                           vs=vs, text_only=text_only, code=codes[0][1] if codes else ""))
             for site in o.get("bodySite") or []:
                 c, t = _codeable(site)
+                t = t + [d for d in (self.term.display_of(s_, c_) for s_, c_ in c) if d]
                 svs, s_text_only = self._member(c, t)
                 regions = [v for v in self.policy.region_valuesets if v in svs] or ["unknown"]
+                name = _display(site, "") or (t[0] if t else "") or (f"{c[0][0].rsplit('/', 1)[-1]} {c[0][1]}" if c else "site")
                 for region in regions:
-                    self._emit("site", ref=ref_key(o) or "", order=ref_key(o) or "", name=_display(site, "site"),
+                    self._emit("site", ref=ref_key(o) or "", order=ref_key(o) or "", name=name,
                                vs=svs, text_only=s_text_only, region=region)
-        injectates = []
+        injectates, doses = [], []
+        kinds = " or ".join(self.term.defs[v].title.lower() for v in self.policy.injectate_valuesets if v in self.term.defs)
         for r in drafts:
             if r.get("resourceType") != "MedicationRequest":
                 continue
-            codes, texts, name, med = self._medication_of(r)
+            product, codes, texts = self._product(r)
             vs, text_only = self._member(codes, texts)
             based_on = {self.index.key_for(b) for b in r.get("basedOn") or []}
-            if not (based_on & order_keys) and not any(v in vs for v in self.policy.injectate_valuesets):
-                continue
-            fields = dict(ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
-                          order=next(iter(based_on & order_keys), "") or "")
-            dose_mg, dose_text = self._dose_mg(r, med, name, texts)
-            # dose_text is always present ("" when the order has no dose at all): rule templates read it
-            # (`{% if d.dose_text %}`) and render strictly. dose_mg is present only when known.
-            fields["dose_text"] = dose_text
-            if dose_mg is not None:
-                fields["dose_mg"] = dose_mg
-            injectates.append(self._emit("injectate", **fields))
-        return order_facts, injectates
-
-    def _dose_mg(self, r: dict, med: dict | None, name: str, texts: list[str]) -> tuple[float | None, str]:
-        """Ordered dose in mg: from a mass dose, or a volume dose times the product's concentration."""
-        for di in r.get("dosageInstruction") or []:
-            for dr in di.get("doseAndRate") or []:
-                q = dr.get("doseQuantity")
-                if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)):
+            classified = bool(set(vs) & set(self.policy.injectate_valuesets))
+            if not classified:
+                if orders and (based_on & order_keys or not based_on):
+                    # part of the order (or possibly), but not a drug the checks know: say so, never drop it
+                    self._emit("gap", ref=ref_key(r) or "", name=_printable(
+                        f"the draft medication {product.name} ({ref_key(r) or 'no id'}) is not recognised as {kinds}: "
+                        f"the anesthetic and steroid checks are incomplete"))
+                if not (based_on & order_keys):
                     continue
-                unit = q.get("code") or q.get("unit") or ""
-                text = f"{q['value']:g} {q.get('unit') or unit}".strip()
-                factor = self.policy.dose_units.get(unit)
-                if factor is not None:
-                    return round(q["value"] * factor, 3), text
-                if unit.lower() in ("ml", "milliliter", "millilitre"):
-                    conc = self._mg_per_ml(med, [name] + texts)
-                    if conc is not None:
-                        return round(q["value"] * conc, 3), f"{text} ({conc:g} mg/mL)"
-                return None, text
-        return None, ""
-
-    def _mg_per_ml(self, med: dict | None, texts: list[str]) -> float | None:
-        if med:
-            for ing in med.get("ingredient") or []:
-                s = ing.get("strength") or ing.get("strengthRatio")
-                if isinstance(s, dict):
-                    num, den = s.get("numerator") or {}, s.get("denominator") or {}
-                    nf = self.policy.dose_units.get(num.get("code") or num.get("unit") or "")
-                    if nf and isinstance(num.get("value"), (int, float)) and (den.get("code") or den.get("unit") or "").lower() == "ml" and den.get("value"):
-                        return num["value"] * nf / den["value"]
-        for t in texts:
-            m = _MG_PER_ML.search(t or "")
-            if m:
-                return float(m.group(1))
-            m = _PERCENT.search(t or "")
-            if m:
-                return float(m.group(1)) * 10.0  # 1 % w/v = 10 mg/mL
-        return None
+            dose = planned.ordered_dose(r, self.policy)
+            fields = dict(ref=ref_key(r) or "", name=product.name, vs=vs, text_only=text_only,
+                          order=next(iter(based_on & order_keys), "") or "", dose_text=dose.text)
+            # dose_text is always present ("" when the order has no dose at all): rule templates read it.
+            per_agent = planned.agent_doses(product, dose, ref_key(r) or "", self.term, self.policy)
+            known = [d.mg for d in per_agent if d.mg is not None]
+            if len(per_agent) == 1 and known:
+                fields["dose_mg"] = known[0]
+            elif not per_agent and dose.mg is not None:
+                fields["dose_mg"] = dose.mg
+            doses += per_agent
+            injectates.append(self._emit("injectate", **fields))
+        dose_facts, total = planned.dose_facts(doses, self._weight_kg(), self.policy)
+        for f in dose_facts:
+            self._emit("dose", **f)
+        if total:
+            self._emit("dose-total", **total)
+        return order_facts, injectates

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .cards import cards_for
 from .engine import Engine
-from .facts import FactBuilder, Inputs, _codeable
+from .facts import FactBuilder, Inputs
+from .fhir.datatypes import codeable as _codeable
+from . import order as planned
 from .findings import Finding, collect
 from .fhir.read import Document, read_object
 from .fhir.refs import ref_key
@@ -85,8 +87,7 @@ class Evaluator:
 
     def is_tpi_order(self, resources: list[dict]) -> bool:
         """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
-        fb = self._builder(None)
-        return any(isinstance(r, dict) and fb.is_tpi(r) for r in resources)
+        return planned.is_tpi_order(resources, self.book.terminology, self.book.records)
 
     def _relevant(self, r: dict) -> bool:
         rt = r.get("resourceType")

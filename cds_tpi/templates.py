@@ -1,8 +1,23 @@
-"""Card text templates (Jinja2, sandboxed, strict): what a rule's summary, detail and actions say."""
+"""Card text templates (Jinja2, sandboxed, strict): what a rule's summary, detail and actions say.
+
+Every value a template prints (`{{ ... }}`) comes from the record or is computed from it, so it is
+made safe where it is printed, by the environment's `finalize` (no rule template can forget it):
+
+- markdown (card detail, local policy): one line, control and bidi characters dropped, at most
+  VALUE_MAX characters, `<` `>` `&` as HTML entities, markdown punctuation backslash-escaped (no
+  links, images, emphasis, code, tables; no list, heading or quote at the start of a value), and the
+  schemes `javascript:`, `vbscript:`, `data:<type>/` removed.
+- text (summary, suggestion labels, action descriptions, notes): one line, control and bidi
+  characters dropped, capped. Plain text for the EHR to show as text.
+- raw (resource ids and references inside suggested FHIR resources): one line, capped.
+
+The template's own literal text (the rule author's markdown) is not touched.
+"""
 
 from __future__ import annotations
 
 import functools
+import re
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, pass_context
 from jinja2.sandbox import SandboxedEnvironment
@@ -49,21 +64,58 @@ def days(value) -> str:
     return f"{n} day" if n == 1 else f"{n} days"
 
 
-@functools.lru_cache(maxsize=1)
-def environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(names=names, refs=refs, days=days)
+def headline(text) -> str:
+    """The part of a note before its first ': ' ("allergies (none recorded)"), for a card summary."""
+    return str(text).split(": ", 1)[0].strip()
+
+
+VALUE_MAX = 300  # characters of one printed value (a list of names included)
+RAW_MAX = 256
+
+# C0/C1 controls, DEL, line/paragraph separators, zero-width and bidi controls (U+202A-E, U+2066-9):
+# a value stays on its line and reads as it is stored.
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+_SPACES = re.compile(r"[ \t]{2,}")
+_MD_PUNCT = re.compile(r"([\\`*_~\[\]|{}])")
+_MD_LINE_START = re.compile(r"^(\s*)([#+\-=]|\d+[.)])")
+_BAD_SCHEME = re.compile(r"(?i)\b(?:javascript|vbscript|livescript)\s*:|\bdata\s*:\s*[a-z]+/[a-z0-9.+-]*")
+
+
+def one_line(value, limit: int = VALUE_MAX) -> str:
+    """`value` as text on one line: controls and bidi characters become spaces, at most `limit` chars."""
+    text = _SPACES.sub(" ", _INVISIBLE.sub(" ", "" if value is None else str(value)))
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def markdown_escape(value) -> str:
+    """`value` safe inside GitHub-flavoured markdown and HTML (see the module docstring)."""
+    text = _BAD_SCHEME.sub("(link removed) ", one_line(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_PUNCT.sub(r"\\\1", text)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text, count=1)
+
+
+_FINALIZE = {"markdown": markdown_escape, "text": one_line, "raw": lambda v: one_line(v, RAW_MAX)}
+
+
+@functools.lru_cache(maxsize=3)
+def environment(kind: str = "markdown") -> SandboxedEnvironment:
+    """The template environment for one kind of output: markdown, text or raw (see above)."""
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                               finalize=_FINALIZE[kind])
+    env.filters.update(names=names, refs=refs, days=days, headline=headline)
     return env
 
 
 @functools.lru_cache(maxsize=2048)
-def compile_template(source: str):
+def compile_template(source: str, kind: str = "markdown"):
     """Compiled template (cached); raises TemplateSyntaxError."""
-    return environment().from_string(source)
+    return environment(kind).from_string(source)
 
 
-def render(source: str, context: dict) -> str:
-    return compile_template(source).render(context).strip()
+def render(source: str, context: dict, kind: str = "markdown") -> str:
+    """Render a rule template; every printed value is made safe for `kind` (markdown, text, raw)."""
+    return compile_template(source, kind).render(context).strip()
 
 
-__all__ = ["render", "compile_template", "TemplateSyntaxError", "names", "refs"]
+__all__ = ["render", "compile_template", "TemplateSyntaxError", "names", "refs", "markdown_escape", "one_line"]

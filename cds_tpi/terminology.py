@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RuleError
+from .fhir.text import bounded_text
 
 TEXT_MATCH_URL = "https://cds-tpi.example.org/fhir/StructureDefinition/text-match"
 
@@ -20,9 +21,15 @@ TEXT_MATCH_URL = "https://cds-tpi.example.org/fhir/StructureDefinition/text-matc
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+# An aside cannot contain "[": each match attempt stops at the next bracket, so dropping asides is
+# linear (the former `\[[^\]]*\]` rescanned to the end from every "[" of an unclosed run: quadratic).
+_ASIDE = re.compile(r"\[[^\[\]]*\]")
+
+
 def _words(text: str) -> list[str]:
-    """Lower-case words of a text; bracketed asides ("[any part except buttock]") are dropped."""
-    return _WORD.findall(re.sub(r"\[[^\]]*\]", " ", text.lower()))
+    """Lower-case words of a text (at most MAX_TEXT_CHARS of it); bracketed asides ("[any part except
+    buttock]") are dropped."""
+    return _WORD.findall(_ASIDE.sub(" ", bounded_text(text).lower()))
 
 
 @dataclass
@@ -148,6 +155,19 @@ class Terminology:
         if not by_code and not by_text:
             return EMPTY
         return Membership(frozenset(by_code), frozenset(by_text))
+
+    def display_of(self, system: str, code: str) -> str | None:
+        """The display a value set gives this code (e.g. an RxNorm product's full name with strengths), so a
+        record that carries only the code can still be read like one that names it."""
+        index = self.__dict__.get("_displays")
+        if index is None:
+            index = {}
+            for d in self.defs.values():
+                for s, c, display in getattr(d, "displays", ()):
+                    if display:
+                        index.setdefault((s, c), display)
+            self._displays = index
+        return index.get((system, code))
 
     def find_concept(self, text: str) -> tuple[str, str, str] | None:
         """A (system, code, display) whose display equals text (case-insensitive), from any value set."""

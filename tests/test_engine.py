@@ -87,18 +87,20 @@ def test_absent_patterns_do_not_depend_on_fact_order(evaluator):
     from cds_tpi.findings import collect
 
     facts = [
-        {"t": "injectate", "fid": 1, "ref": "MedicationRequest/a", "name": "lidocaine", "vs": ["lidocaine", "local-anesthetics", "local-anesthetics-amide"], "text_only": [], "dose_mg": 100.0},
-        {"t": "observation", "fid": 2, "ref": "Observation/w", "name": "weight", "vs": ["body-weight"], "text_only": [], "unit": "kg", "value": 70.0, "age_days": 3, "latest_in": ["body-weight"], "code": "http://loinc.org|29463-7"},
-        {"t": "inventory", "fid": 3, "medications": 1, "allergies": 1, "conditions": 1, "procedures": 1, "observations": 1, "patient": 1, "orders": 0, "injectates": 1, "sites": 0},
+        {"t": "condition", "fid": 1, "ref": "Condition/c", "name": "Cellulitis of left leg", "vs": ["skin-soft-tissue-infections"],
+         "text_only": [], "region": "region-lower-limb", "status": "active", "recorded_as": "problem list, active, undated"},
+        {"t": "site", "fid": 2, "ref": "ServiceRequest/o", "order": "ServiceRequest/o", "name": "deltoid", "vs": ["region-upper-limb"],
+         "text_only": [], "region": "region-upper-limb"},
+        {"t": "inventory", "fid": 3, "medications": 1, "allergies": 1, "conditions": 1, "procedures": 1, "observations": 1, "patient": 1, "orders": 0, "injectates": 0, "sites": 1, "checked": []},
     ]
     rng = random.Random(7)
     for _ in range(20):
         rng.shuffle(facts)
         findings = collect(evaluator.engine.run(facts), evaluator.rules)
-        assert [f.rule_id for f in findings] == [], "weight present: no missing-data finding"
-    without_weight = [f for f in facts if f["t"] != "observation"]
-    findings = collect(evaluator.engine.run(without_weight), evaluator.rules)
-    assert [f.rule_id for f in findings] == ["missing-data"]
+        assert [f.rule_id for f in findings] == [], "a site in another region is present: no local-infection finding"
+    without_site = [f for f in facts if f["t"] != "site"]
+    findings = collect(evaluator.engine.run(without_site), evaluator.rules)
+    assert [(f.rule_id, f.indicator) for f in findings] == [("local-infection", "warning")]
 
 
 @pytest.mark.parametrize("facts", [

@@ -31,12 +31,23 @@ def _notes(evaluation):
 
 def test_missing_prefetch_keys_are_reported_missing(evaluator):
     notes = _notes(evaluator.evaluate_request(_request(), now=NOW))
-    for what in ("No medication records", "No allergy records", "No problem list"):
+    for what in ("medications (no medication records given)", "allergies (none recorded", "problem list (no Condition records)"):
         assert what in notes
 
 
 def test_null_and_empty_searchset_mean_looked_up_and_none(evaluator):
+    """A null or empty medication list was looked up: nothing missing. An empty allergy or problem list
+    is "none recorded" (not "no known allergies"): said, the same as when the list was not sent."""
     ev = evaluator.evaluate_request(_request(medicationRequests=None, allergies=_searchset(), conditions=None), now=NOW)
+    card = next(c for c in ev.cards if c["source"]["topic"]["code"] == "missing-data")
+    assert card["summary"].startswith("Not checked: allergies (none recorded")
+    assert "problem list (no Condition records)" in card["summary"]
+    assert "medications" not in card["detail"]
+    nka = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"},
+           "code": {"coding": [{"system": "http://snomed.info/sct", "code": "716186003", "display": "No known allergy"}]}}
+    problem = {"resourceType": "Condition", "id": "c9", "subject": {"reference": "Patient/p1"},
+               "code": {"text": "Essential hypertension"}}
+    ev = evaluator.evaluate_request(_request(medicationRequests=None, allergies=_searchset(nka), conditions=_searchset(problem)), now=NOW)
     assert "missing-data" not in ev.rule_ids
 
 
@@ -44,7 +55,7 @@ def test_operation_outcome_prefetch_is_missing_and_named(evaluator):
     oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     ev = evaluator.evaluate_request(_request(medicationRequests=oo, allergies=None, conditions=None), now=NOW)
     notes = _notes(ev)
-    assert "No medication records" in notes and "medicationRequests" in notes
+    assert "medications (no medication records given)" in notes and "medicationRequests" in notes
 
 
 @pytest.mark.parametrize("status,counts", [("active", True), ("on-hold", True), ("unknown", True),

@@ -10,7 +10,7 @@ from jinja2 import TemplateError
 
 from .. import templates
 from .conditions import CheckContext, check_conditions, parse_value
-from .facttypes import FACT_FIELDS
+from .facttypes import FACT_FIELDS, LIST_FIELDS
 from .issues import Issue, issue
 from .model import Rule
 
@@ -64,7 +64,7 @@ def check_rule(rule: Rule, terminology) -> list[Issue]:
 
 
 def _sample_fact(fact_type: str) -> dict:
-    sample = {f: 1 for f in FACT_FIELDS[fact_type]}
+    sample = {f: (["sample"] if f in LIST_FIELDS else 1) for f in FACT_FIELDS[fact_type]}
     sample.update(t=fact_type, ref=f"{fact_type.title()}/sample", name=f"sample {fact_type}", vs=["x"], text_only=[])
     return sample
 

@@ -8,14 +8,22 @@ FACT_FIELDS: dict[str, set[str]] = {
     "injectate": COMMON | {"dose_mg", "dose_text", "order"},
     "order": COMMON | {"code"},
     "site": COMMON | {"region", "order"},
-    "condition": COMMON | {"region", "status", "onset_days"},
+    "condition": COMMON | {"region", "status", "onset_days", "recorded_as"},
     "allergy": COMMON | {"criticality", "verification", "status"},
     "observation": COMMON | {"value", "unit", "age_days", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "used_vs", "status"},
     "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",
                   "patient", "orders", "injectates", "sites"},
     "gap": {"t", "fid", "ref", "name"},
+    # one per local anesthetic (and with a vasoconstrictor or not) in the draft orders, doses summed
+    "dose": COMMON | {"orders", "total_mg", "parts", "undosed", "undosed_count", "vasoconstrictor", "weight_kg", "weight_window_days",
+                      "limit_mg", "limit_text", "fraction"},
+    # when several anesthetics are ordered: the sum of each one's fraction of its maximum (additive toxicity)
+    "dose-total": COMMON | {"classes", "fraction", "parts"},
 }
 
 # Fields holding value set ids (lint checks that the ids named against them exist).
 VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "region"}
+
+# Fields holding lists (of value set ids or of strings); every other field is a scalar.
+LIST_FIELDS = VALUESET_FIELDS - {"region"} | {"checked", "orders", "parts", "undosed"}

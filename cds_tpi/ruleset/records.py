@@ -21,6 +21,33 @@ _SCHEMA = {
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "dose_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+        "volume_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+        "acute_conditions": {
+            "type": "object", "additionalProperties": False, "required": ["valuesets", "window_days"],
+            "properties": {"valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                           "window_days": {"type": "integer", "minimum": 0}},
+        },
+        "anesthetic_limits": {
+            "type": "object", "additionalProperties": False,
+            "required": ["weight_valueset", "weight_max_age_days", "anesthetic_valuesets", "vasoconstrictor_valueset", "agents"],
+            "properties": {
+                "weight_valueset": {"type": "string"},
+                "weight_max_age_days": {"type": "integer", "minimum": 0},
+                "anesthetic_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "vasoconstrictor_valueset": {"type": "string"},
+                "agents": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["valueset", "mg_per_kg", "max_mg"],
+                    "properties": {
+                        "valueset": {"type": "string"},
+                        "mg_per_kg": {"type": "number", "exclusiveMinimum": 0},
+                        "max_mg": {"type": "number", "exclusiveMinimum": 0},
+                        "with_vasoconstrictor": {
+                            "type": "object", "additionalProperties": False, "required": ["mg_per_kg", "max_mg"],
+                            "properties": {"mg_per_kg": {"type": "number", "exclusiveMinimum": 0},
+                                           "max_mg": {"type": "number", "exclusiveMinimum": 0}}},
+                    }}},
+            },
+        },
         "observation_units": {
             "type": "object",
             "additionalProperties": {
@@ -40,6 +67,8 @@ _SCHEMA = {
                     "exclude_verification": _STATUS_LIST,
                     "exclude_abated": {"type": "boolean"},
                     "exclude_ended_period": {"type": "boolean"},
+                    "exclude_intent": _STATUS_LIST,
+                    "reported_counts": {"type": "boolean"},
                 },
             },
         },
@@ -55,6 +84,27 @@ class ResourcePolicy:
     exclude_verification: frozenset[str] = frozenset()
     exclude_abated: bool = False
     exclude_ended_period: bool = False
+    exclude_intent: frozenset[str] = frozenset()
+    reported_counts: bool = False   # an excluded intent still counts when the record is reported (reportedBoolean/Reference)
+
+
+@dataclass(frozen=True)
+class AgentLimit:
+    """Maximum dose of one local anesthetic (plain, and with a vasoconstrictor when given)."""
+
+    valueset: str
+    mg_per_kg: float
+    max_mg: float
+    with_vasoconstrictor: tuple[float, float] | None = None   # (mg_per_kg, max_mg)
+
+
+@dataclass(frozen=True)
+class AnestheticLimits:
+    weight_valueset: str
+    weight_max_age_days: int
+    anesthetic_valuesets: tuple[str, ...]
+    vasoconstrictor_valueset: str
+    agents: tuple[AgentLimit, ...]
 
 
 _ANY = ResourcePolicy()
@@ -69,6 +119,10 @@ class RecordPolicy:
     observation_units: dict
     resources: dict = field(default_factory=dict)
     text_negation_cues: tuple[str, ...] = ()
+    volume_units: dict = field(default_factory=dict)
+    acute_valuesets: tuple[str, ...] = ()
+    acute_window_days: int | None = None
+    anesthetic_limits: AnestheticLimits | None = None
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
         return self.resources.get(resource_type, _ANY)
@@ -91,11 +145,19 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         bad = True
     if bad:
         return None
-    for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets"):
-        for i, name in enumerate(doc[key]):
-            if terminology is None or terminology.resolve(name) is None:
-                errors.append(f"{path}:{line_of(doc, [key, i])}: unknown value set '{name}'")
-                bad = True
+    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets")
+             for i, name in enumerate(doc[key])]
+    if "acute_conditions" in doc:
+        named += [(["acute_conditions", "valuesets", i], n) for i, n in enumerate(doc["acute_conditions"]["valuesets"])]
+    if "anesthetic_limits" in doc:
+        lim = doc["anesthetic_limits"]
+        named += [(["anesthetic_limits", k], lim[k]) for k in ("weight_valueset", "vasoconstrictor_valueset")]
+        named += [(["anesthetic_limits", "anesthetic_valuesets", i], n) for i, n in enumerate(lim["anesthetic_valuesets"])]
+        named += [(["anesthetic_limits", "agents", i, "valueset"], a["valueset"]) for i, a in enumerate(lim["agents"])]
+    for where, name in named:
+        if terminology is None or terminology.resolve(name) is None:
+            errors.append(f"{path}:{line_of(doc, where)}: unknown value set '{name}'")
+            bad = True
     if bad:
         return None
     plain = to_plain(doc)
@@ -109,6 +171,20 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
             exclude_verification=frozenset(p.get("exclude_verification", ())),
             exclude_abated=p.get("exclude_abated", False),
             exclude_ended_period=p.get("exclude_ended_period", False),
+            exclude_intent=frozenset(p.get("exclude_intent", ())),
+            reported_counts=p.get("reported_counts", False),
+        )
+    limits = None
+    if "anesthetic_limits" in plain:
+        lim = plain["anesthetic_limits"]
+        limits = AnestheticLimits(
+            weight_valueset=resolve(lim["weight_valueset"]),
+            weight_max_age_days=lim["weight_max_age_days"],
+            anesthetic_valuesets=tuple(resolve(n) for n in lim["anesthetic_valuesets"]),
+            vasoconstrictor_valueset=resolve(lim["vasoconstrictor_valueset"]),
+            agents=tuple(AgentLimit(resolve(a["valueset"]), float(a["mg_per_kg"]), float(a["max_mg"]),
+                                    (float(a["with_vasoconstrictor"]["mg_per_kg"]), float(a["with_vasoconstrictor"]["max_mg"]))
+                                    if "with_vasoconstrictor" in a else None) for a in lim["agents"]),
         )
     return RecordPolicy(
         tpi_order_valuesets=tuple(resolve(n) for n in plain["tpi_order_valuesets"]),
@@ -118,4 +194,8 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         observation_units=plain["observation_units"],
         resources=resources,
         text_negation_cues=tuple(plain.get("text_negation_cues", ())),
+        volume_units=plain.get("volume_units", {}),
+        acute_valuesets=tuple(resolve(n) for n in plain.get("acute_conditions", {}).get("valuesets", ())),
+        acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
+        anesthetic_limits=limits,
     )

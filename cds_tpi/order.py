@@ -1,0 +1,360 @@
+"""The planned TPI order as one concept: which draft is the TPI, what its injectate is, each local
+anesthetic's dose (from a mass, or from a volume with that anesthetic's own strength), the summed
+dose per agent against its maximum, and the order the CLI synthesizes from options.
+
+What counts as a TPI, an injectate, an anesthetic, a vasoconstrictor and each agent's maximum comes
+from rules/records.yaml and rules/valuesets; nothing clinical is written here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InputError
+from .fhir.datatypes import codeable, display
+from .ruleset.records import AgentLimit, RecordPolicy
+
+MAX_TEXT = 512  # characters of a product name read for strengths (names are short; bounds the regex work)
+
+# A strength "10 MG/ML", "0.01 mg per mL", "2.5 MG/1 ML", and a percent "1%", "0.25 %". Quantifiers
+# are bounded, so a search is linear in the text (no backtracking on long digit runs).
+_STRENGTH = re.compile(
+    r"(?<![\d.])(\d{1,6}(?:\.\d{1,6})?)\s{0,3}(mg|mcg|ug|g)\s{0,3}(?:/|per)\s{0,3}(\d{1,4}(?:\.\d{1,4})?)?\s{0,3}ml(?![a-z])",
+    re.IGNORECASE)
+_PERCENT = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,4})?)\s{0,3}%")
+# Where a product name separates its ingredients: RxNorm's " / ", and "+", ";", "with", "w/", "and",
+# a comma not inside a number ("1:100,000").
+_COMPONENTS = re.compile(r"\s/\s|\+|;|\bwith\b|\bw/|\band\b|,(?!\d)", re.IGNORECASE)
+PERCENT_MG_PER_ML = 10.0  # 1 % w/v = 1 g / 100 mL = 10 mg/mL
+
+CPT = "http://www.ama-assn.org/go/cpt"
+UCUM = "http://unitsofmeasure.org"
+_DOSE_OPTION = re.compile(r"^\s*(\d{1,6}(?:\.\d{1,6})?)\s{0,3}([A-Za-z\[\]]{1,10})\s*$")
+
+
+# -- what a draft is -------------------------------------------------------------------------------
+
+def is_tpi(resource, term, policy: RecordPolicy) -> bool:
+    """A ServiceRequest whose code is in a TPI value set (records.yaml tpi_order_valuesets)."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
+        return False
+    codes, texts = codeable(resource.get("code"))
+    return bool(term.match(codes, texts).all & set(policy.tpi_order_valuesets))
+
+
+def is_tpi_order(resources, term, policy: RecordPolicy) -> bool:
+    return any(is_tpi(r, term, policy) for r in resources)
+
+
+# -- strengths and doses ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Product:
+    """What a draft medication order is made of, as read from the record."""
+
+    name: str
+    vs: frozenset[str]                       # value sets of the product as a whole
+    texts: tuple[str, ...]                   # its names: code text, displays, value-set names of its codes
+    ingredients: tuple[tuple[frozenset[str], dict | None], ...] = ()   # (value sets, strength) per ingredient
+
+
+def _ratio_mg_per_ml(strength, policy: RecordPolicy) -> float | None:
+    """mg/mL of a FHIR Ratio strength (numerator mass or %, denominator mL)."""
+    if not isinstance(strength, dict):
+        return None
+    num, den = strength.get("numerator"), strength.get("denominator") or {}
+    if not isinstance(num, dict) or not isinstance(num.get("value"), (int, float)) or isinstance(num.get("value"), bool):
+        return None
+    nunit = str(num.get("code") or num.get("unit") or "")
+    if nunit == "%":
+        return float(num["value"]) * PERCENT_MG_PER_ML
+    factor = _unit_factor(policy.dose_units, nunit)
+    dvalue = den.get("value", 1) if isinstance(den, dict) else None
+    dfactor = _unit_factor(policy.volume_units, str(den.get("code") or den.get("unit") or "")) if isinstance(den, dict) else None
+    if factor is None or dfactor is None or not isinstance(dvalue, (int, float)) or not dvalue:
+        return None
+    return float(num["value"]) * factor / (float(dvalue) * dfactor)
+
+
+def _unit_factor(table: dict, unit: str) -> float | None:
+    if unit in table:
+        return float(table[unit])
+    lowered = {k.lower(): v for k, v in table.items()}
+    return float(lowered[unit.lower()]) if unit.lower() in lowered else None
+
+
+def strengths_in(text: str, policy: RecordPolicy) -> set[float]:
+    """Every mg/mL strength written in a text (mass per volume or percent), in mg/mL."""
+    text = text[:MAX_TEXT]
+    out: set[float] = set()
+    for m in _STRENGTH.finditer(text):
+        factor = _unit_factor(policy.dose_units, m.group(2))
+        per = float(m.group(3)) if m.group(3) else 1.0
+        if factor is not None and per > 0:
+            out.add(round(float(m.group(1)) * factor / per, 6))
+    for m in _PERCENT.finditer(text):
+        out.add(round(float(m.group(1)) * PERCENT_MG_PER_ML, 6))
+    return out
+
+
+def _percents_in(text: str) -> set[float]:
+    return {round(float(m.group(1)) * PERCENT_MG_PER_ML, 6) for m in _PERCENT.finditer(text[:MAX_TEXT])}
+
+
+def agent_strength(product: Product, agent: str, others: set[str], term, policy: RecordPolicy) -> tuple[float | None, str]:
+    """mg/mL of one anesthetic `agent` (a value set id) in a product, and how it was found.
+
+    `others`: the value sets of the product's other active ingredients (another anesthetic, a
+    vasoconstrictor, a steroid). 1) an ingredient of the Medication that is the agent, with a
+    strength; 2) the part of a name that names the agent and nothing else ("... / lidocaine
+    hydrochloride 10 MG/ML ..."); 3) a name of a product whose only other ingredient is a
+    vasoconstrictor: its single percent ("LIDOCAINE-EPINEPHRINE 1 %-1:100,000"; vasoconstrictors are
+    written as ratios or mg/mL, never percent); 4) a name of a single-ingredient product: its single
+    strength. Otherwise unknown: never the first number of the name."""
+    for vs, strength in product.ingredients:
+        if agent in vs:
+            conc = _ratio_mg_per_ml(strength, policy)
+            if conc is not None:
+                return conc, "ingredient strength"
+    for text in product.texts:
+        found: set[float] = set()
+        for part in _COMPONENTS.split(text[:MAX_TEXT]):
+            named = term.match([], [part]).all
+            if agent in named and not (named & others):
+                found |= strengths_in(part, policy)
+        if len(found) == 1:
+            return found.pop(), "strength in its name"
+    for text in product.texts:
+        if others <= {policy.anesthetic_limits.vasoconstrictor_valueset} if policy.anesthetic_limits else not others:
+            percents = _percents_in(text)
+            if len(percents) == 1:
+                return percents.pop(), "percent strength in its name"
+        if not others:
+            found = strengths_in(text, policy)
+            if len(found) == 1:
+                return found.pop(), "strength in its name"
+    return None, ""
+
+
+@dataclass(frozen=True)
+class Dose:
+    """The ordered amount of one draft medication order: a mass in mg, or a volume in mL, as written."""
+
+    mg: float | None = None
+    ml: float | None = None
+    text: str = ""          # as ordered, for cards ("10 mL", "inject 5 mL of 1%")
+
+
+def ordered_dose(request: dict, policy: RecordPolicy) -> Dose:
+    """The first doseQuantity (or the high end of a doseRange) of a MedicationRequest's dosage."""
+    dosages = request.get("dosageInstruction")
+    texts = []
+    for di in dosages if isinstance(dosages, list) else ():
+        if not isinstance(di, dict):
+            continue
+        if isinstance(di.get("text"), str) and di["text"].strip():
+            texts.append(di["text"].strip()[:120])
+        rates = di.get("doseAndRate")
+        for dr in rates if isinstance(rates, list) else ():
+            if not isinstance(dr, dict):
+                continue
+            q = dr.get("doseQuantity")
+            if not isinstance(q, dict) and isinstance(dr.get("doseRange"), dict):
+                q = dr["doseRange"].get("high")
+            if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) or isinstance(q.get("value"), bool):
+                continue
+            unit = str(q.get("code") or q.get("unit") or "")
+            text = f"{q['value']:g} {q.get('unit') or unit}".strip()
+            mass = _unit_factor(policy.dose_units, unit)
+            if mass is not None:
+                return Dose(mg=round(float(q["value"]) * mass, 3), text=text)
+            volume = _unit_factor(policy.volume_units, unit)
+            if volume is not None:
+                return Dose(ml=float(q["value"]) * volume, text=text)
+            return Dose(text=text)
+    return Dose(text="; ".join(texts)[:160])
+
+
+def agents_of(vs, policy: RecordPolicy) -> list[AgentLimit]:
+    """The limited anesthetics (records.yaml anesthetic_limits.agents) a product contains."""
+    limits = policy.anesthetic_limits
+    return [a for a in limits.agents if a.valueset in vs] if limits else []
+
+
+def is_anesthetic(vs, policy: RecordPolicy) -> bool:
+    limits = policy.anesthetic_limits
+    return bool(limits and set(limits.anesthetic_valuesets) & set(vs))
+
+
+@dataclass(frozen=True)
+class AgentDose:
+    """One anesthetic in one draft order: mg when known, and how it was worked out."""
+
+    agent: AgentLimit | None     # None: an anesthetic with no maximum in the policy
+    name: str                    # the order's medication name
+    ref: str
+    with_vasoconstrictor: bool
+    mg: float | None
+    how: str                     # "10 mL x 10 mg/mL (strength in its name)", "50 mg", or why unknown
+
+
+def agent_doses(product: Product, dose: Dose, ref: str, term, policy: RecordPolicy) -> list[AgentDose]:
+    """Each anesthetic's mg in one draft order (empty when the product holds no anesthetic)."""
+    if not is_anesthetic(product.vs, policy):
+        return []
+    limits = policy.anesthetic_limits
+    vaso = limits.vasoconstrictor_valueset in product.vs
+    agents = agents_of(product.vs, policy)
+    if not agents:
+        return [AgentDose(None, product.name, ref, vaso, None, dose.text)]
+    other_sets = {limits.vasoconstrictor_valueset} | (set(policy.injectate_valuesets) - set(limits.anesthetic_valuesets))
+    out = []
+    for a in agents:
+        others = (product.vs & other_sets) | {b.valueset for b in agents if b is not a}
+        if dose.mg is not None:
+            # a mass ordered for a product with one anesthetic is that anesthetic's mass
+            mg, how = (dose.mg, dose.text) if len(agents) == 1 else (None, f"{dose.text} of a product with several anesthetics")
+        elif dose.ml is not None:
+            conc, found = agent_strength(product, a.valueset, others, term, policy)
+            if conc is None:
+                mg, how = None, f"{dose.text}; the strength of its {a.valueset} could not be determined"
+            else:
+                mg, how = round(dose.ml * conc, 3), f"{dose.text} x {conc:g} mg/mL ({found})"
+        else:
+            mg, how = None, dose.text
+        out.append(AgentDose(a, product.name, ref, vaso, mg, how))
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPolicy) -> tuple[list[dict], dict | None]:
+    """Per anesthetic (and vasoconstrictor or not): the summed dose of every draft order against its
+    maximum for this patient; and, when there are several, the sum of their fractions (additive toxicity).
+
+    Returns (dose fact fields, dose-total fact fields or None)."""
+    limits = policy.anesthetic_limits
+    groups: dict[tuple, list[AgentDose]] = {}
+    for d in doses:
+        key = (d.agent.valueset, d.with_vasoconstrictor) if d.agent else (None, d.name)
+        groups.setdefault(key, []).append(d)
+    facts, fractions = [], []
+    for (vs_id, _), items in groups.items():
+        first = items[0]
+        known = [d for d in items if d.mg is not None]
+        fields = dict(ref=first.ref, name=_group_name(first, limits), vs=[vs_id] if vs_id else [], text_only=[],
+                      orders=sorted({d.ref for d in items}), total_mg=round(sum(d.mg for d in known), 3),
+                      parts=[f"{d.name}: {d.how}" + (f" = {_fmt(d.mg)} mg" if d.mg is not None and d.how != f"{_fmt(d.mg)} mg" else "")
+                             for d in items],
+                      vasoconstrictor=first.with_vasoconstrictor, weight_window_days=limits.weight_max_age_days)
+        fields["undosed"] = [f"{d.name} ({d.how})" if d.how else d.name for d in items if d.mg is None]
+        fields["undosed_count"] = len(fields["undosed"])
+        if first.agent is not None:
+            per_kg, cap = (first.agent.with_vasoconstrictor if first.with_vasoconstrictor and first.agent.with_vasoconstrictor
+                           else (first.agent.mg_per_kg, first.agent.max_mg))
+            if weight_kg is not None:
+                limit = min(per_kg * weight_kg, cap)
+                fields["weight_kg"] = round(weight_kg, 1)
+                fields["limit_text"] = (f"{_fmt(per_kg)} mg/kg x {_fmt(weight_kg)} kg = {_fmt(per_kg * weight_kg)} mg"
+                                        + (f", capped at {_fmt(cap)} mg" if cap < per_kg * weight_kg else ""))
+            else:
+                limit = cap
+                fields["limit_text"] = f"the absolute maximum of {_fmt(cap)} mg (no recent weight for {_fmt(per_kg)} mg/kg)"
+            fields["limit_mg"] = round(limit, 3)
+            fields["fraction"] = round(fields["total_mg"] / limit, 4)
+            if known:
+                fractions.append((fields["name"], fields["total_mg"], limit))
+        facts.append(fields)
+    total = None
+    if len(fractions) >= 2:
+        total = dict(ref=facts[0]["ref"], name="local anesthetics combined", vs=[], text_only=[],
+                     classes=len(fractions), fraction=round(sum(mg / lim for _, mg, lim in fractions), 4),
+                     parts=[f"{n} {_fmt(mg)} mg = {round(100 * mg / lim)} % of {_fmt(lim)} mg" for n, mg, lim in fractions])
+    return facts, total
+
+
+def _group_name(d: AgentDose, limits) -> str:
+    if d.agent is None:
+        return d.name
+    return d.agent.valueset + (" with " + limits.vasoconstrictor_valueset if d.with_vasoconstrictor else "")
+
+
+# -- the order the CLI synthesizes ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Injectate:
+    name: str
+    value: float | None = None
+    unit: str | None = None
+
+
+def parse_injectates(spec: str) -> list[Injectate]:
+    """'lidocaine:50mg,triamcinolone:40mg' -> Injectates; raises InputError naming the bad part."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, amount = part.rpartition(":")
+        if not sep:
+            out.append(Injectate(part))
+            continue
+        m = _DOSE_OPTION.match(amount)
+        if not name.strip() or not m:
+            raise InputError(f"cannot read '{part}' (expected NAME or NAME:DOSEUNIT, e.g. lidocaine:50mg)", "--injectate")
+        out.append(Injectate(name.strip(), float(m.group(1)), m.group(2)))
+    if not out:
+        raise InputError("no medication given", "--injectate")
+    return out
+
+
+def tpi_procedure_code(term, policy: RecordPolicy, sites: int) -> tuple[str, str, str] | None:
+    """(system, code, display) of the TPI procedure for this many muscle groups, from the first
+    tpi_order_valueset: the concept whose display says "3 or more" when there are 3+, else the other."""
+    vid = policy.tpi_order_valuesets[0]
+    concepts = [(s, c, dsp) for s, c, dsp in getattr(term.defs[vid], "displays", ()) if s and c]
+    if not concepts:
+        return None
+    many = [c for c in concepts if re.search(r"\b3 or more\b", c[2], re.IGNORECASE)]
+    few = [c for c in concepts if c not in many]
+    return (many or concepts)[0] if sites >= 3 else (few or concepts)[0]
+
+
+def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str | None, term, policy: RecordPolicy,
+               fhir_version: str = "R4") -> list[dict]:
+    """Draft ServiceRequest (the TPI code of rules/valuesets) and one draft MedicationRequest per
+    injectate, valid FHIR R4 or R5 (R5: code and medication are CodeableReferences)."""
+    order_id = "cli-tpi-order"
+    subject = {"reference": patient_ref} if patient_ref else {"display": "patient of this input"}
+    concept = {"text": "Trigger point injection"}
+    proc = tpi_procedure_code(term, policy, len(sites))
+    if proc:
+        concept["coding"] = [{"system": proc[0], "code": proc[1], **({"display": proc[2]} if proc[2] else {})}]
+    sr = {"resourceType": "ServiceRequest", "id": order_id, "status": "draft", "intent": "order",
+          "code": {"concept": concept} if fhir_version == "R5" else concept, "subject": subject}
+    if sites:
+        sr["bodySite"] = [{"text": s} for s in sites]
+    out = [sr]
+    for i, inj in enumerate(injectates, 1):
+        found = term.find_concept(inj.name)
+        med = {"text": inj.name}
+        if found:
+            med["coding"] = [{"system": found[0], "code": found[1], "display": found[2]}]
+        mr = {"resourceType": "MedicationRequest", "id": f"cli-injectate-{i}", "status": "draft", "intent": "order",
+              "subject": subject, "basedOn": [{"reference": f"ServiceRequest/{order_id}"}]}
+        if fhir_version == "R5":
+            mr["medication"] = {"concept": med}
+        else:
+            mr["medicationCodeableConcept"] = med
+        if inj.value is not None:
+            mr["dosageInstruction"] = [{"doseAndRate": [{"doseQuantity": {
+                "value": inj.value, "unit": inj.unit, "system": UCUM, "code": inj.unit}}]}]
+        out.append(mr)
+    return out
+
+
+__all__ = ["is_tpi", "is_tpi_order", "Product", "Dose", "ordered_dose", "agent_strength", "agent_doses", "dose_facts",
+           "strengths_in", "Injectate", "parse_injectates", "synthesize", "display"]
