@@ -11,6 +11,7 @@ import click
 from .. import __version__
 from ..errors import CdsTpiError
 from .evaluate import evaluate
+from .explain import explain
 from .rules import rules
 from .validate import validate
 
@@ -23,6 +24,7 @@ def cli() -> None:
 
 cli.add_command(validate)
 cli.add_command(evaluate)
+cli.add_command(explain)
 cli.add_command(rules)
 
 try:  # the HTTP service's commands
