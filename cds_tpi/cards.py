@@ -28,7 +28,7 @@ def _context(f: Finding, patient: dict | None) -> dict:
 
 def _render_obj(obj, ctx):
     if isinstance(obj, str):
-        return templates.render(obj, ctx)
+        return templates.render(obj, ctx, "raw")
     if isinstance(obj, dict):
         return {k: _render_obj(v, ctx) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -59,9 +59,9 @@ def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
     out = []
     for item in items:
         c = dict(ctx, item=item) if item is not None else ctx
-        action = {"type": spec["type"], "description": templates.render(spec["description"], c)}
+        action = {"type": spec["type"], "description": templates.render(spec["description"], c, "text")}
         if spec["type"] == "delete":
-            rid = templates.render(spec["resource_id"], c)
+            rid = templates.render(spec["resource_id"], c, "raw")
             if not rid or rid not in drafts:
                 continue  # only draft orders can be removed
             action["resourceId"] = rid
@@ -69,11 +69,11 @@ def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
             # (a template whose value is unknown - e.g. no valid Patient, so no subject - renders empty)
             action["resource"] = _without_empty(_render_obj(spec["resource"], c))
         else:  # update: the draft with a note added
-            target = drafts.get(templates.render(spec["target"], c))
+            target = drafts.get(templates.render(spec["target"], c, "raw"))
             if target is None:
                 continue
             resource = _without_empty(copy.deepcopy(target))
-            resource["note"] = list(resource.get("note") or []) + [{"text": templates.render(spec["note"], c)}]
+            resource["note"] = list(resource.get("note") or []) + [{"text": templates.render(spec["note"], c, "text")}]
             action["resource"] = resource
         out.append(action)
     return out
@@ -82,7 +82,7 @@ def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
 def card_for(f: Finding, drafts: dict[str, dict], patient: dict | None = None) -> dict:
     """One CDS Hooks card for one finding."""
     rule, ctx = f.rule, _context(f, patient)
-    summary = templates.render(rule.card["summary"], dict(ctx, short_labels=True))
+    summary = templates.render(rule.card["summary"], dict(ctx, short_labels=True), "text")
     if len(summary) > SUMMARY_MAX:
         summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
     detail = templates.render(rule.card["detail"], ctx)
@@ -107,7 +107,7 @@ def card_for(f: Finding, drafts: dict[str, dict], patient: dict | None = None) -
         actions = [a for spec in s["actions"] for a in _actions(spec, ctx, drafts)]
         if not actions:
             continue
-        sug = {"label": templates.render(s["label"], ctx), "uuid": str(uuid.uuid4()), "actions": actions}
+        sug = {"label": templates.render(s["label"], ctx, "text"), "uuid": str(uuid.uuid4()), "actions": actions}
         if "is_recommended" in s:
             sug["isRecommended"] = s["is_recommended"]
         suggestions.append(sug)

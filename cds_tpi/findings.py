@@ -81,7 +81,7 @@ def collect(matches: list[Match], rules: list[Rule]) -> list[Finding]:
             if alt.note:
                 ctx = {p.name: [] for a in rule.alternatives for p in a.patterns}
                 ctx.update(bound, params=rule.params, rule={"id": rule.id, "title": rule.title})
-                note = templates.render(alt.note, ctx)
+                note = templates.render(alt.note, ctx)  # MarkdownSafe: its values escaped
                 if note and note not in notes:
                     notes.append(note)
         if fired:

@@ -81,6 +81,11 @@ _MD_LINE_START = re.compile(r"^(\s*)([#+\-=]|\d+[.)])")
 _BAD_SCHEME = re.compile(r"(?i)\b(?:javascript|vbscript|livescript)\s*:|\bdata\s*:\s*[a-z]+/[a-z0-9.+-]*")
 
 
+class MarkdownSafe(str):
+    """Markdown already made safe: a rule note rendered by `render` (its values escaped, the rule
+    author's own markdown kept). Printed as it is in markdown; unescaped in text."""
+
+
 def one_line(value, limit: int = VALUE_MAX) -> str:
     """`value` as text on one line: controls and bidi characters become spaces, at most `limit` chars."""
     text = _SPACES.sub(" ", _INVISIBLE.sub(" ", "" if value is None else str(value)))
@@ -89,13 +94,31 @@ def one_line(value, limit: int = VALUE_MAX) -> str:
 
 def markdown_escape(value) -> str:
     """`value` safe inside GitHub-flavoured markdown and HTML (see the module docstring)."""
+    if isinstance(value, MarkdownSafe):
+        return value
     text = _BAD_SCHEME.sub("(link removed) ", one_line(value))
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MD_PUNCT.sub(r"\\\1", text)
-    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text, count=1)
+    return _MD_LINE_START.sub(_escape_marker, text, count=1)
 
 
-_FINALIZE = {"markdown": markdown_escape, "text": one_line, "raw": lambda v: one_line(v, RAW_MAX)}
+def _escape_marker(m: re.Match) -> str:
+    marker = m.group(2)  # "1." -> "1\." (a backslash before a digit is no escape in markdown)
+    return m.group(1) + (marker[:-1] + "\\" + marker[-1] if marker[0].isdigit() else "\\" + marker)
+
+
+_ESCAPED = re.compile(r"\\([\\`*_~\[\]|{}#+\-=.)])")
+
+
+def plain_text(value) -> str:
+    """Text for a plain-text field: one line, capped; a markdown note's escapes undone."""
+    text = one_line(value)
+    if "\\" in text or "&" in text:
+        text = _ESCAPED.sub(r"\1", text).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return text
+
+
+_FINALIZE = {"markdown": markdown_escape, "text": plain_text, "raw": lambda v: one_line(v, RAW_MAX)}
 
 
 @functools.lru_cache(maxsize=3)
@@ -115,7 +138,8 @@ def compile_template(source: str, kind: str = "markdown"):
 
 def render(source: str, context: dict, kind: str = "markdown") -> str:
     """Render a rule template; every printed value is made safe for `kind` (markdown, text, raw)."""
-    return compile_template(source, kind).render(context).strip()
+    text = compile_template(source, kind).render(context).strip()
+    return MarkdownSafe(text) if kind == "markdown" else text
 
 
-__all__ = ["render", "compile_template", "TemplateSyntaxError", "names", "refs", "markdown_escape", "one_line"]
+__all__ = ["render", "compile_template", "TemplateSyntaxError", "names", "refs", "markdown_escape", "one_line", "MarkdownSafe"]

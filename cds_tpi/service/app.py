@@ -37,6 +37,7 @@ from cds_tpi.service.audit import AuditWriter, card_rows
 from cds_tpi.service.auth import JtiStore, JwtVerifier
 from cds_tpi.service.config import ServiceConfig
 from cds_tpi.service.discovery import PrefetchKey, checked_records, discovery_document, prefetch_keys_for
+from cds_tpi.service.evaluation import EvaluationRunner
 from cds_tpi.service.feedback import check_issued, issued_cards, parse_feedback
 from cds_tpi.service.hooks import find_service, parse_call, should_evaluate
 from cds_tpi.service.openapi import openapi_document
@@ -80,6 +81,7 @@ class ServiceState:
     verifier: JwtVerifier | None
     http: Any  # httpx.AsyncClient for FHIR fallback fetches
     audit: AuditWriter
+    runner: EvaluationRunner  # the engine's thread, with the per-call deadline
     prefetch_keys: tuple[PrefetchKey, ...] = ()  # from the evaluator's record policy (records.yaml)
 
 
@@ -101,14 +103,16 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
             log.warning("!!! NO JWT ISSUERS CONFIGURED: the CDS service accepts calls from anyone "
                         "who can reach %s:%s. Configure 'issuers' for production. !!!", config.host, config.port)
         audit = AuditWriter(store).start()
+        runner = EvaluationRunner(config.evaluation_timeout)
         async with new_client(config) as http:
-            app.state.service = ServiceState(config, engine, store, verifier, http, audit,
+            app.state.service = ServiceState(config, engine, store, verifier, http, audit, runner,
                                              prefetch_keys=prefetch_keys_for(engine))
             log.info("cds-tpi service ready (database %s, auth %s)", redact_url(config.database_url),
                      "JWT" if verifier else "OFF")
             try:
                 yield
             finally:
+                runner.close()
                 await run_in_threadpool(audit.close)
                 if storage is None:
                     store.dispose()
@@ -171,10 +175,13 @@ def _state(request: Request) -> ServiceState:
 # --- endpoints ---------------------------------------------------------------------------------
 
 async def health(request: Request) -> Response:
-    """Liveness: the engine is loaded; reports auth mode and audit write failures."""
+    """Liveness: the engine is loaded; reports auth mode, audit write failures and evaluation
+    deadlines missed. 503 while an evaluation overruns its deadline (the worker should be replaced)."""
     st = _state(request)
-    return JSONResponse({"status": "ok", "version": __version__, "auth": "jwt" if st.verifier else "off",
-                         "auditFailures": st.audit.failures})
+    stuck = st.runner.overrunning_seconds > 0
+    return JSONResponse({"status": "stuck" if stuck else "ok", "version": __version__,
+                         "auth": "jwt" if st.verifier else "off", "auditFailures": st.audit.failures,
+                         "evaluationTimeouts": st.runner.timeouts}, status_code=503 if stuck else 200)
 
 
 async def openapi(request: Request) -> Response:
@@ -199,14 +206,15 @@ async def call_service(request: Request) -> Response:
         await _authenticate(request)
         call = parse_call(service, await _read_body(request, st.config.max_body_bytes))
         hook_instance = call.hook_instance
-        if not should_evaluate(call, st.evaluator):
+        if not await st.runner.run(should_evaluate, call, st.evaluator):
             status, outcome, body = 200, "not-applicable", {"cards": []}
         else:
             prefetched = await complete_prefetch(call, st.http, st.config, st.prefetch_keys)
             try:
-                evaluation = st.evaluator.evaluate_request(
-                    {**call.request, "prefetch": prefetched.prefetch}, gaps=list(prefetched.gaps),
-                    checked=checked_records(st.prefetch_keys, prefetched.prefetch))
+                evaluation = await st.runner.run(st.evaluator.evaluate_request,
+                                                 {**call.request, "prefetch": prefetched.prefetch},
+                                                 gaps=list(prefetched.gaps),
+                                                 checked=checked_records(st.prefetch_keys, prefetched.prefetch))
             except InputError as e:
                 raise HttpError(400, e.message, e.location) from None
             status, outcome, body = 200, "evaluated", evaluation.response

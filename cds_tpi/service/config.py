@@ -47,6 +47,7 @@ class ServiceConfig:
     # it plus the path. Unset = taken from the request (fine on loopback, set it behind a proxy).
     public_base_url: str | None = None
     max_body_bytes: int = 5 * 1024 * 1024
+    evaluation_timeout: float = 5.0  # seconds per call for the engine (queue wait included): then 503
     fhir_connect_timeout: float = 1.0
     fhir_read_timeout: float = 2.0
     fhir_total_timeout: float = 3.0  # budget for all FHIR fallback fetches of one call

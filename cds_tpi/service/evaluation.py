@@ -1,0 +1,65 @@
+"""Evaluation off the event loop, with a per-call deadline.
+
+The engine is CPU work and not thread-safe (durable-rules: one Host per process, see engine.py), so
+each worker process runs it on one dedicated thread: calls are evaluated one at a time, as before,
+but the event loop stays free for discovery, health, feedback and the FHIR fetches of other calls.
+A call that is not evaluated within `evaluation_timeout` seconds (queue wait included) is answered
+503 with Retry-After; if it was still queued it is dropped, never run. A thread cannot be killed:
+an evaluation that overran keeps the thread until it ends, and `/health` reports it so an
+orchestrator can replace the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cds_tpi.service.outcomes import HttpError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EvaluationRunner:
+    """One thread per process that runs engine calls, each bounded by a deadline."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cds-tpi-eval")
+        self._running_since: float | None = None
+        self.timeouts = 0
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on the evaluation thread; HttpError 503 when the deadline passes."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, functools.partial(self._timed, fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:
+            self.timeouts += 1
+            log.error("evaluation deadline of %.1f s passed; answered 503", self.timeout)
+            raise HttpError(503, f"the evaluation did not finish within {self.timeout:g} s; retry later",
+                            headers={"Retry-After": "5"}) from None
+
+    def _timed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._running_since = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._running_since = None
+
+    @property
+    def overrunning_seconds(self) -> float:
+        """How long the current evaluation has run past the deadline (0 when none has)."""
+        since = self._running_since
+        if since is None:
+            return 0.0
+        return max(0.0, time.monotonic() - since - self.timeout)
+
+    def close(self) -> None:
+        """Stop taking work; an evaluation still running is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
