@@ -90,6 +90,9 @@ def test_errors_go_to_stderr_data_to_stdout(tmp_path):
 def test_lint_findings_and_summary_on_stdout(tmp_path):
     r = run("rules", "lint")
     assert r.exit_code == 0 and ": ok" in r.stdout and r.stderr == ""
+    r = run("rules", "lint", str(tmp_path / "nope"))
+    assert r.exit_code == 1 and r.stderr == ""
+    assert "rules directory not found" in r.stdout and "1 error(s)" in r.stdout
 
 
 def test_injectate_error_names_the_option_once(tmp_path):

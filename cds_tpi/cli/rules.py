@@ -31,11 +31,13 @@ def lint(directory: Path | None) -> None:
             Evaluator(book)
         except Exception as e:  # noqa: BLE001 - reported as a lint error, not a crash
             errors.append(f"{book.directory}: the rules do not compile for durable-rules: {e}")
+    # The problems are what lint was asked for (its data): stdout, like the summary, so that
+    # `cds-tpi rules lint | grep` sees them all; only a lint that cannot run goes to stderr (main()).
     for e in errors:
         click.echo(e)
     n_vs = len(book.terminology.defs) if book.terminology else 0
     click.echo(f"{len(book.rules)} rule(s), {n_vs} value set(s) in {book.directory}: "
-               + ("ok" if not errors else f"{len(errors)} error(s)"), err=bool(errors))
+               + ("ok" if not errors else f"{len(errors)} error(s)"))
     if errors:
         raise click.exceptions.Exit(1)
 
