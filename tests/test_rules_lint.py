@@ -102,3 +102,47 @@ def test_none_inside_or_is_reported(rules_copy):
     result = _lint(rules_copy)
     assert result.exit_code == 1
     assert f"{path}:12:" in result.output and "'none' cannot be used inside 'or'" in result.output
+
+
+def test_lint_reports_every_error_of_every_file(rules_copy):
+    """Schema errors do not hide the other errors of the same file; every file is reported."""
+    bleeding = rules_copy / "bleeding-disorder.yaml"
+    text = bleeding.read_text()
+    for old, new in [("indicator: critical", "indicator: severe"),                                       # schema
+                     ("{vs: {any: [bleeding-disorders]}}", "{vs: {any: [bleeding-disorderz]}}"),          # value set
+                     ("value: {gt: {param: inr_max}}", "value: {gt: {param: inr_maximum}}")]:            # param
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    bleeding.write_text(text)
+    anticoagulant = rules_copy / "anticoagulant.yaml"
+    anticoagulant.write_text(anticoagulant.read_text().replace("vs: {any: [anticoagulants, p2y12-inhibitors]}",
+                                                               "vs: {any: [anticoagulantz]}, colour: red"))
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+
+    def line_of(path, needle):
+        return next(n for n, ln in enumerate(path.read_text().splitlines(), 1) if needle in ln)
+
+    expected = [
+        f"{bleeding}:{line_of(bleeding, 'indicator: severe')}: indicator: 'severe' is not one of",
+        f"{bleeding}:{line_of(bleeding, 'bleeding-disorderz')}: unknown value set 'bleeding-disorderz'",
+        f"{bleeding}:{line_of(bleeding, 'inr_maximum')}: unknown param 'inr_maximum'",
+        f"{anticoagulant}:{line_of(anticoagulant, 'anticoagulantz')}: unknown value set 'anticoagulantz'",
+        f"{anticoagulant}:{line_of(anticoagulant, 'colour')}: unknown field 'colour'",
+    ]
+    for want in expected:
+        assert any(ln.startswith(want) for ln in lines), (want, result.output)
+    assert "5 error(s)" in result.output
+
+
+def test_rulebook_issues_are_data(rules_copy):
+    from cds_tpi.ruleset import load_rulebook
+
+    p = rules_copy / "bleeding-disorder.yaml"
+    p.write_text(p.read_text().replace("value: {gt: {param: inr_max}}", "value: {gt: {param: inr_maximum}}", 1))
+    book = load_rulebook(rules_copy, strict=False)
+    (issue,) = book.issues
+    assert issue.location.file == str(p) and issue.location.line == 18 and issue.severity == "error"
+    assert issue.location.pointer[:3] == ("when", 1, "match")
+    assert str(issue) == f"{p}:18: unknown param 'inr_maximum' (declare it under params)"
