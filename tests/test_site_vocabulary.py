@@ -1,0 +1,192 @@
+"""Injection-site vocabulary (issue 7, class 3): EHR site strings and SNOMED CT body-structure codes map to
+the expected body regions (a shared region = "near" an infection) and to thoracic-sites (pneumothorax note).
+
+Every expected set below is EXACT: an extra region is a false "near" (a critical local-infection card where
+the sites are distant), a missing one a missed infection. The decisions and sources are in
+rules/valuesets/README.md, "Body sites".
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cds_tpi.ruleset.load import load_rulebook
+
+from .conftest import RULES
+
+SCT = "http://snomed.info/sct"
+HN, UB, CH, LB = "region-head-neck", "region-upper-back-shoulder", "region-chest", "region-lower-back"
+BH, UL, LL, AB = "region-buttock-hip", "region-upper-limb", "region-lower-limb", "region-abdomen"
+REGIONS = {HN, UB, CH, LB, BH, UL, LL, AB}
+THORACIC = "thoracic-sites"
+
+
+@pytest.fixture(scope="module")
+def term():
+    return load_rulebook(RULES).terminology
+
+
+def _where(membership) -> tuple[set[str], bool]:
+    ids = set(membership.all)
+    return ids & REGIONS, THORACIC in ids
+
+
+# (site text as EHRs send it, expected regions, thoracic?)
+TEXTS = [
+    # trapezius: neck and upper back, over the thorax; laterality and part words do not stop the match
+    ("Left trapezius", {HN, UB}, True),
+    ("R upper trapezius", {HN, UB}, True),
+    ("lower trapezius", {HN, UB}, True),
+    ("Right trapezius muscle", {HN, UB}, True),
+    ("bilateral upper traps", {HN, UB}, True),
+    ("L trap", {HN, UB}, True),
+    ("Left levator scapulae muscle", {HN, UB}, True),
+    ("levator scap, right", {HN, UB}, True),
+    ("Right rhomboid major muscle", {UB}, True),
+    ("rhomboids bilateral", {UB}, True),
+    ("Right latissimus dorsi", {UB, LB, CH}, True),
+    ("L lats", {UB, LB, CH}, True),
+    ("anterior scalene, left", {HN}, True),
+    ("scalenes", {HN}, True),
+    ("Right infraspinatus", {UB}, True),
+    ("teres minor", {UB}, True),
+    ("supraspinatus muscle left", {UB}, True),
+    ("rotator cuff", {UB}, True),
+    ("Left pectoralis minor", {CH}, True),
+    ("R pec major", {CH}, True),
+    ("serratus anterior", {CH}, True),
+    ("serratus posterior inferior", {UB, LB}, True),
+    ("left 6th intercostal space", {CH}, True),
+    ("thoracic paraspinals T6-T8", {UB}, True),
+    ("paraspinal muscles at T4", {UB}, True),
+    ("longissimus thoracis", {UB}, True),
+    ("mid back", {UB, LB}, True),  # "back" is in both back regions by design
+    # not over the thorax
+    ("bilateral paraspinals L4-L5", {LB}, False),
+    ("lumbar paraspinal", {LB}, False),
+    ("Left lumbar paraspinals", {LB}, False),
+    ("Left quadratus lumborum muscle", {LB}, False),
+    ("R QL", {LB}, False),
+    ("iliocostalis lumborum", {LB}, False),
+    ("lower back", {LB, UB}, False),  # unchanged: "back" sits in both back regions
+    ("cervical paraspinals", {HN}, False),
+    ("C5-C6 paraspinal", {HN}, False),
+    ("Right sternocleidomastoid", {HN}, False),
+    ("SCM", {HN}, False),
+    ("splenius capitis", {HN}, False),
+    ("suboccipitals", {HN}, False),
+    ("Left masseter", {HN}, False),
+    ("temporalis", {HN}, False),
+    ("Right gluteus medius muscle", {BH}, False),
+    ("glute med", {BH}, False),
+    ("gluteus maximus, left", {BH}, False),
+    ("gluteus minimus", {BH}, False),
+    ("Right piriformis muscle", {BH}, False),
+    ("TFL", {BH, LL}, False),
+    ("tensor fasciae latae", {BH, LL}, False),
+    ("iliopsoas", {LB, BH, AB}, False),
+    ("Left deltoid", {UL, UB}, False),
+    ("hamstrings", {LL}, False),
+    ("R quads", {LL}, False),
+    ("gastroc", {LL}, False),
+    ("rectus abdominis", {AB}, False),
+    ("obliques", {AB}, False),
+]
+
+# Named without a level: the region cannot be told from the text (sites not comparable; thoracic undecided).
+NO_REGION = ["paraspinals", "bilateral paraspinal muscles", "multifidus", "dry needling site"]
+
+
+@pytest.mark.parametrize("text,regions,thoracic", TEXTS, ids=[t[0] for t in TEXTS])
+def test_site_text(term, text, regions, thoracic):
+    got_regions, got_thoracic = _where(term.match([], [text]))
+    assert got_regions == regions, text
+    assert got_thoracic is thoracic, text
+
+
+@pytest.mark.parametrize("text", NO_REGION)
+def test_site_text_without_level_has_no_region(term, text):
+    got_regions, got_thoracic = _where(term.match([], [text]))
+    assert got_regions == set() and not got_thoracic, text
+
+
+# SNOMED CT body-structure codes sent without a display: (code, expected regions, thoracic?)
+CODES = [
+    ("31764008", {HN, UB}, True),  # trapezius
+    ("15665001", {UB, LB, CH}, True),  # latissimus dorsi
+    ("50755001", {HN}, True),  # scalenus anterior
+    ("22823000", {HN}, False),  # sternocleidomastoid
+    ("79368004", {HN}, False),  # masseter
+    ("52927003", {HN}, False),  # temporalis
+    ("81727001", {HN}, False),  # skeletal muscle of neck
+    ("4583008", {HN, UB}, False),  # splenius muscle of trunk
+    ("72573008", {UB}, True),  # infraspinatus
+    ("6423006", {UB}, True),  # supraspinatus
+    ("90588001", {UB}, True),  # subscapularis
+    ("1193009", {UB}, True),  # teres major
+    ("51159009", {UB}, True),  # teres minor
+    ("7885001", {UB}, True),  # rotator cuff
+    ("719631004", {UB}, True),  # body of left scapula
+    ("719632006", {UB}, True),  # body of right scapula
+    ("424072006", {UB}, True),  # thoracic paraspinous muscle group
+    ("304037003", {UB}, True),  # back of thoracic region
+    ("73930003", {UB}, True),  # levatores costarum
+    ("60005003", {CH}, True),  # pectoralis major
+    ("18686000", {CH}, True),  # pectoralis minor
+    ("18346003", {CH}, True),  # serratus anterior
+    ("53967007", {CH}, True),  # external intercostal
+    ("41313007", {CH}, True),  # internal intercostal
+    ("117137004", {CH}, True),  # fifth intercostal space
+    ("372074006", {CH}, True),  # chest wall muscle
+    ("44947003", {UB, LB}, False),  # erector spinae: level not given
+    ("57651003", {UB, LB}, False),  # iliocostalis
+    ("88340001", {UB, LB}, False),  # longissimus
+    ("244849004", {UB, LB}, False),  # deep muscle of back
+    ("48144002", {LB}, False),  # muscle of lower back
+    ("1017210004", {LB}, False),  # left lumbar region of back
+    ("1017211000", {LB}, False),  # right lumbar region of back
+    ("68455001", {LB, BH, AB}, False),  # iliopsoas
+    ("206007", {BH}, False),  # gluteus maximus
+    ("181674001", {BH}, False),  # gluteus maximus (entire)
+    ("78333006", {BH}, False),  # gluteus medius
+    ("75297007", {BH}, False),  # gluteus minimus
+    ("35259002", {UL, UB}, False),  # deltoid
+    ("16217701000119102", {UL, UB}, False),  # left deltoid
+    ("16217661000119109", {UL, UB}, False),  # right deltoid
+    ("1403006", {LL}, False),  # vastus lateralis
+    ("1217007000", {LL}, False),  # left vastus lateralis
+    ("1217006009", {LL}, False),  # right vastus lateralis
+    ("128511007", {LL}, False),  # posterior muscle of thigh (hamstrings)
+    ("1142228004", {AB}, False),  # abdominal wall muscle
+]
+
+
+@pytest.mark.parametrize("code,regions,thoracic", CODES, ids=[c[0] for c in CODES])
+def test_site_code_without_display(term, code, regions, thoracic):
+    got_regions, got_thoracic = _where(term.match([(SCT, code)], []))
+    assert got_regions == regions, code
+    assert got_thoracic is thoracic, code
+
+
+@pytest.mark.parametrize("code,regions,thoracic", CODES, ids=[c[0] for c in CODES])
+def test_site_code_with_laterality_text(term, code, regions, thoracic):
+    """Code plus a laterality-only text ("Left"): the code decides, the text adds nothing."""
+    got_regions, got_thoracic = _where(term.match([(SCT, code)], ["Left"]))
+    assert got_regions == regions and got_thoracic is thoracic, code
+
+
+def test_every_site_code_has_a_source_in_the_readme(term):
+    """Each SNOMED CT code of a region set or thoracic-sites is listed in valuesets/README.md, 'Body sites'."""
+    readme = (RULES / "valuesets" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Body sites", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"\b\d{6,18}\b", section))
+    codes = {c for vid in REGIONS | {THORACIC} for (s, c) in term.codes_of(vid) if s == SCT}
+    assert not sorted(codes - listed), "codes without a source in README 'Body sites'"
+
+
+def test_negatives_are_not_thoracic(term):
+    for text in ["lumbar paraspinal", "gluteus medius", "quadratus lumborum", "lower back", "cervical paraspinals",
+                 "Left deltoid", "sternocleidomastoid", "piriformis", "iliopsoas"]:
+        assert THORACIC not in term.match([], [text]).all, text
