@@ -124,15 +124,20 @@ def _none_meets(p: Pattern, facts: list[dict]) -> str:
 
 
 def nearest(p: Pattern, candidates: list[dict], env: Env, limit: int = NEAREST) -> list[dict]:
-    """The facts of the pattern's type that pass the most of its conditions, with the ones each fails."""
+    """The facts of the pattern's type that pass the most of its conditions, with the ones each fails.
+    Ties go to the fact that passes more of the conditions as written before its first failure (the
+    first conditions usually say what kind of thing the pattern is: an INR at 2.5 is nearer to
+    "latest INR above 3" than a weight is)."""
     scored = []
     for f in candidates:
-        failed = [c for c in p.conditions if not c.evaluate(f, env)]
-        scored.append((len(failed), f.get("fid", 0), f, failed))
-    scored.sort(key=lambda s: (s[0], s[1]))
+        verdicts = [c.evaluate(f, env) for c in p.conditions]
+        failed = [c for c, ok in zip(p.conditions, verdicts) if not ok]
+        prefix = verdicts.index(False) if False in verdicts else len(verdicts)
+        scored.append((len(failed), -prefix, f.get("fid", 0), f, failed))
+    scored.sort(key=lambda s: s[:3])
     return [{**fact_summary(f, p), "passed": len(p.conditions) - n, "of": len(p.conditions),
              "failed": [{"condition": c.describe(env), "actual": c.why_not(f, env)} for c in failed]}
-            for n, _, f, failed in scored[:limit]]
+            for n, _, _, f, failed in scored[:limit]]
 
 
 def _label(fact: dict) -> str:

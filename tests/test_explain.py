@@ -114,3 +114,12 @@ def test_nearest_ranks_by_conditions_passed():
     ranked = nearest(p, facts, Env({}), limit=2)
     assert [(c["fid"], c["passed"]) for c in ranked] == [(2, 2), (3, 1)]
     assert ranked[0]["failed"] == [{"condition": "value > 5", "actual": "value is 1"}]
+
+
+def test_nearest_prefers_the_right_kind_of_fact_on_a_tie():
+    rule, _ = _json("bleeding-disorder-old-inr-negative.json", "bleeding-disorder")
+    inr = rule["alternatives"][1]
+    best = inr["patterns"][0]["candidates"][0]
+    assert best["ref"] == "Observation/obs-inr-ok"
+    assert [f["condition"] for f in best["failed"]] == ["value > param inr_max (= 3.0)"]
+    assert best["failed"][0]["actual"] == "value is 2.5"
