@@ -125,10 +125,12 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
         Route("/cds-services/{service_id}", call_service, methods=["POST"]),
         Route("/cds-services/{service_id}/feedback", call_feedback, methods=["POST"]),
     ]
+    # CORS outermost, so that every answer carries its headers, CatchAll's 500 included; a browser
+    # client may read WWW-Authenticate (why a JWT was refused) and Retry-After (when to retry a 503).
     middleware = [
-        Middleware(CatchAll),
         Middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST", "OPTIONS"],
-                   allow_headers=["Authorization", "Content-Type"], max_age=600),
+                   allow_headers=["Authorization", "Content-Type"], expose_headers=list(EXPOSE_HEADERS), max_age=600),
+        Middleware(CatchAll),
     ]
     _quiet_http_client_logs()
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
@@ -339,6 +341,7 @@ class CatchAll:
 
 
 INTERNAL_ERROR = "internal error; the server log has the details"
+EXPOSE_HEADERS = ("WWW-Authenticate", "Retry-After")
 
 
 def _log_unexpected(e: BaseException, method: Any, path: Any) -> None:
