@@ -2,7 +2,8 @@
 operator's `evaluate`) and durable-rules (the compiled ruleset, then findings.collect) agree on
 which rules fire, through which alternatives, and on which facts each pattern bound.
 
-Fact lists are generated from the rules themselves: every value set id, literal and param value a
+Two sources of facts: every sample record in fhir_samples/ through the whole pipeline (its prefilter
+and slimmed facts included), and generated fact lists. Fact lists are generated from the rules themselves: every value set id, literal and param value a
 condition names (and numbers just around the params), so thresholds, joins (`ref`), negations
 (`absent`, `none`) and `min_count` are all reached. Besides the bundled rules, a few synthetic rules
 cover the operators no bundled rule uses (`in`, `or`, two patterns of one fact type).
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from cds_tpi.engine import Engine
+from cds_tpi.fhir.read import read_bytes
 from cds_tpi.findings import collect
 from cds_tpi.ruleset import load_rulebook
 from cds_tpi.ruleset.compile import compile_rules
@@ -28,7 +32,7 @@ from cds_tpi.ruleset.facttypes import FACT_FIELDS, VALUESET_FIELDS
 from cds_tpi.ruleset.match import evaluate_rules
 from cds_tpi.ruleset.model import Alternative, Pattern, Rule
 
-from .conftest import RULES
+from .conftest import RULES, SAMPLES
 
 LONG = os.environ.get("CDS_TPI_FUZZ", "").lower() == "long"
 BUDGET = settings(max_examples=4000 if LONG else 300, derandomize=not LONG, database=None, deadline=None,
@@ -174,3 +178,19 @@ def test_the_generator_reaches_firings(engine):
 
     run()
     assert len(fired) >= len(RULES_UNDER_TEST) * 2 // 3, sorted(fired)
+
+
+SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*") if p.suffix in (".json", ".ndjson"))
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=[p.name for p in SAMPLE_FILES])
+def test_python_evaluation_agrees_on_every_sample_record(path, evaluator):
+    """Over the facts real records give (the pipeline's prefilter and slimmed facts included): the
+    findings of the pipeline equal the Python evaluation of the full fact list."""
+    now = yaml.safe_load(path.with_name(path.name.rsplit(".", 1)[0] + ".expected.yaml").read_text())["now"]
+    result = evaluator.evaluate_document(read_bytes(path.read_bytes(), path.name),
+                                         now=datetime(now.year, now.month, now.day, tzinfo=timezone.utc))
+    by_engine = _summary((f.rule_id, f.alternatives, f.bindings) for f in result.findings)
+    by_python = _summary((r.rule.id, r.alternatives, r.bindings)
+                         for r in evaluate_rules(evaluator.rules, result.facts, evaluator.book.terminology) if r.fired)
+    assert by_python == by_engine
