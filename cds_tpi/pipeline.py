@@ -20,6 +20,8 @@ from .findings import Finding, collect
 from .fhir.read import Document, read_object
 from .fhir.refs import ref_key
 from .fhir.validate import validate_resources
+from .fhir.patient import describe, patient_problems
+from .errors import InputError
 from .ruleset import RuleBook, load_rulebook
 from .engine import Match
 from .ruleset.compile import compile_rules, prefilter, referenced_fields
@@ -124,6 +126,11 @@ class Evaluator:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
         started = time.perf_counter()
         doc = doc.with_drafts()
+        context = doc.request.get("context") if doc.request else None
+        pid = context.get("patientId") if isinstance(context, dict) and isinstance(context.get("patientId"), str) else None
+        _, problems = patient_problems(doc.resources + doc.draft_orders, pid)
+        if problems:
+            raise InputError(describe(problems), doc.name)
         skipped: list[str] = []
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
         inputs = Inputs(record=[], drafts=[], gaps=gap_list, checked=set(doc.checked) | set(checked))

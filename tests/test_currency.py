@@ -1,0 +1,153 @@
+"""What counts as current (rules/records.yaml) and one patient per evaluation."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from cds_tpi.errors import InputError
+from cds_tpi.facts import condition_record, is_current
+from cds_tpi.fhir.patient import patient_problems
+from cds_tpi.fhir.read import read_object
+from cds_tpi.ruleset import load_rulebook
+
+from .conftest import NOW, RULES
+
+RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+WARFARIN = {"coding": [{"system": RX, "code": "855332", "display": "warfarin sodium 5 MG Oral Tablet"}]}
+PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}
+TODAY = date(2026, 11, 24)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_rulebook(RULES).records
+
+
+@pytest.mark.parametrize("intent,reported,counts", [
+    ("order", False, True), ("original-order", False, True), ("instance-order", False, True),
+    ("proposal", False, False), ("plan", False, False), ("plan", True, True)])
+def test_medication_request_intent(policy, intent, reported, counts):
+    mr = {"resourceType": "MedicationRequest", "status": "active", "intent": intent}
+    if reported:
+        mr["reportedBoolean"] = True
+    assert is_current(mr, policy.for_type("MedicationRequest"), TODAY) is counts
+
+
+@pytest.mark.parametrize("status,counts", [("active", True), ("intended", False), ("on-hold", True),
+                                           ("completed", False), ("not-taken", False), ("unknown", True)])
+def test_medication_statement_status(policy, status, counts):
+    assert is_current({"resourceType": "MedicationStatement", "status": status},
+                      policy.for_type("MedicationStatement"), TODAY) is counts
+
+
+def _bundle(*resources):
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+def _cellulitis(onset: str, **extra):
+    return {"resourceType": "Condition", "id": "dx1", "subject": {"reference": "Patient/p1"},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "encounter-diagnosis"}]}],
+            "code": {"coding": [{"system": ICD, "code": "L03.311"}], "text": "Cellulitis of abdominal wall"},
+            "onsetDateTime": onset, **extra}
+
+
+def _rules(evaluator, *resources):
+    return {c["source"]["topic"]["code"]: c for c in evaluator.evaluate_document(read_object(_bundle(PATIENT, *resources)), now=NOW).cards}
+
+
+def test_old_encounter_diagnosis_of_an_acute_infection_is_history(evaluator):
+    assert "local-infection" not in _rules(evaluator, _cellulitis("2024-03-02"))
+
+
+def test_recent_encounter_diagnosis_counts_and_the_card_says_what_it_is(evaluator):
+    cards = _rules(evaluator, _cellulitis("2026-11-10"))
+    card = cards["local-infection"]
+    assert "encounter diagnosis, no clinical status, dated 2026-11-10" in card["detail"]
+    assert "problem list" not in card["detail"].lower()
+
+
+def test_old_acute_condition_on_the_problem_list_follows_its_status(evaluator):
+    active = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+    assert "local-infection" in _rules(evaluator, _cellulitis("2024-03-02", clinicalStatus=active))
+
+
+def test_undated_acute_condition_without_status_still_counts(evaluator):
+    c = _cellulitis("2026-01-01")
+    del c["onsetDateTime"]
+    assert "local-infection" in _rules(evaluator, c)
+
+
+def test_condition_record_words():
+    assert condition_record(_cellulitis("x"), date(2026, 11, 10)) == "encounter diagnosis, no clinical status, dated 2026-11-10"
+    pl = {"category": [{"coding": [{"code": "problem-list-item"}]}], "clinicalStatus": {"coding": [{"code": "active"}]}}
+    assert condition_record(pl, None) == "problem list, active, undated"
+
+
+def test_intended_statement_gives_no_anticoagulant_card(evaluator):
+    ms = {"resourceType": "MedicationStatement", "id": "ms1", "status": "intended", "subject": {"reference": "Patient/p1"},
+          "medicationCodeableConcept": WARFARIN}
+    assert "anticoagulant" not in _rules(evaluator, ms)
+
+
+def test_proposal_gives_no_anticoagulant_card_but_a_reported_plan_does(evaluator):
+    mr = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "proposal",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": WARFARIN}
+    assert "anticoagulant" not in _rules(evaluator, mr)
+    assert "anticoagulant" in _rules(evaluator, dict(mr, intent="plan", reportedBoolean=True))
+
+
+# -- one patient -------------------------------------------------------------------------------------
+
+def _located(*resources):
+    return read_object(_bundle(*resources)).resources
+
+
+def test_records_of_another_patient_are_named():
+    other = {"resourceType": "Condition", "id": "c2", "subject": {"reference": "https://ehr.example/fhir/Patient/p2"}}
+    pid, problems = patient_problems(_located(PATIENT, other), None)
+    assert pid == "p1" and problems == ["Condition/c2 (at entry[1]) belongs to Patient/p2"]
+
+
+def test_two_patients_in_one_bundle_are_an_error():
+    _, problems = patient_problems(_located(PATIENT, dict(PATIENT, id="p2")), None)
+    assert problems and "2 patients" in problems[0]
+
+
+def test_urn_references_resolve_to_the_patient():
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111", "resource": PATIENT},
+        {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222", "resource": {
+            "resourceType": "Condition", "id": "c1", "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}}}]}
+    assert patient_problems(read_object(bundle).resources, None) == ("p1", [])
+
+
+def test_evaluation_refuses_mixed_records(evaluator):
+    other = {"resourceType": "MedicationRequest", "id": "m9", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/p2"}, "medicationCodeableConcept": WARFARIN}
+    with pytest.raises(InputError, match="MedicationRequest/m9 .* belongs to Patient/p2"):
+        evaluator.evaluate_document(read_object(_bundle(PATIENT, other)), now=NOW)
+
+
+def test_request_context_patient_decides(evaluator):
+    request = {"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+               "context": {"userId": "Practitioner/u", "patientId": "p2"}, "prefetch": {"patient": PATIENT}}
+    with pytest.raises(InputError, match="Patient/p1 .* is not the patient of the request"):
+        evaluator.evaluate_request(request, now=NOW)
+
+
+def test_cli_exits_1_for_mixed_records(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cds_tpi.cli import cli
+
+    other = {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/p2"}, "code": {"text": "x"}}
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(_bundle(PATIENT, other)))
+    result = CliRunner().invoke(cli, ["evaluate", "--now", "2026-11-24", str(path)])
+    assert result.exit_code == 1
+    assert "belongs to Patient/p2" in result.output
