@@ -77,7 +77,9 @@ RAW_MAX = 256
 _INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
 _SPACES = re.compile(r"[ \t]{2,}")
 _MD_PUNCT = re.compile(r"([\\`*_~\[\]|{}])")
-_MD_LINE_START = re.compile(r"^(\s*)([#+\-=]|\d+[.)])")
+# a list, heading or setext marker only when a space or the end follows ("- x", "# x", "1. x"), so
+# numbers ("350.0", "-5") and words read as written
+_MD_LINE_START = re.compile(r"^(\s*)([#+\-=]+|\d+[.)])(?=\s|$)")
 _BAD_SCHEME = re.compile(r"(?i)\b(?:javascript|vbscript|livescript)\s*:|\bdata\s*:\s*[a-z]+/[a-z0-9.+-]*")
 
 
