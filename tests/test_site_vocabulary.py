@@ -190,3 +190,20 @@ def test_negatives_are_not_thoracic(term):
     for text in ["lumbar paraspinal", "gluteus medius", "quadratus lumborum", "lower back", "cervical paraspinals",
                  "Left deltoid", "sternocleidomastoid", "piriformis", "iliopsoas"]:
         assert THORACIC not in term.match([], [text]).all, text
+
+
+def test_site_code_read_with_its_display_keeps_its_meaning(term):
+    """A code-only site is also read with the display the value sets give it (facts: display_of). That text
+    never changes the thoracic decision, and adds at most the other back region (the word "back" is near
+    either back region by design)."""
+    displays = {}
+    for d in term.defs.values():
+        for system, code, display in getattr(d, "displays", ()):
+            if system == SCT and display:
+                displays.setdefault(code, display)
+    codes = {c for vid in REGIONS | {THORACIC} for (s, c) in term.codes_of(vid) if s == SCT}
+    for code in sorted(codes):
+        alone = _where(term.match([(SCT, code)], []))
+        read = _where(term.match([(SCT, code)], [displays[code]]))
+        assert read[1] is alone[1], (code, displays[code])
+        assert read[0] >= alone[0] and read[0] - alone[0] <= {UB, LB}, (code, displays[code], read[0] - alone[0])
