@@ -47,6 +47,36 @@ def is_tpi_order(resources, term, policy: RecordPolicy) -> bool:
     return any(is_tpi(r, term, policy) for r in resources)
 
 
+def appointment_as_orders(appointment: dict) -> list[dict]:
+    """What an Appointment says it is for, as order-like resources for `is_tpi_order`: the
+    appointment itself, ServiceRequests it contains, and a draft ServiceRequest carrying its
+    serviceType / appointmentType / reasonCode codings and its description."""
+    if not isinstance(appointment, dict) or appointment.get("resourceType") != "Appointment":
+        return []
+    codings: list = []
+    for concept in [appointment.get("appointmentType"), *_list(appointment.get("serviceType")),
+                    *_list(appointment.get("reasonCode"))]:
+        if isinstance(concept, dict):
+            codings += [c for c in _list(concept.get("coding")) if isinstance(c, dict)]
+    texts = [t for t in (appointment.get("description"), *(
+        c.get("text") for c in _list(appointment.get("serviceType")) if isinstance(c, dict))) if isinstance(t, str)]
+    code: dict = {}
+    if codings:
+        code["coding"] = codings
+    if texts:
+        code["text"] = "; ".join(texts)
+    orders = [appointment]
+    orders += [r for r in _list(appointment.get("contained"))
+               if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
+    if code:
+        orders.append({"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal", "code": code})
+    return orders
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 # -- strengths and doses ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)

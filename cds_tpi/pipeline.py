@@ -87,6 +87,14 @@ class Evaluator:
     def _builder(self, now: datetime | None) -> FactBuilder:
         return FactBuilder(self.book.terminology, self.book.records, now, latest_observations_only=self._latest_only)
 
+    def warm_up(self) -> Evaluation:
+        """One evaluation of a synthesized TPI order, so that the first real call does not pay for lazy
+        imports and caches (the order's code comes from the value sets, like the CLI's)."""
+        drafts = planned.synthesize([], ["trapezius"], "Patient/warm-up", self.book.terminology, self.book.records,
+                                    self.fhir_version)
+        return self.evaluate_resources([{"resourceType": "Patient", "id": "warm-up", "birthDate": "1970-01-01"}],
+                                       draft_orders=drafts)
+
     def is_tpi_order(self, resources: list[dict]) -> bool:
         """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
         return planned.is_tpi_order(resources, self.book.terminology, self.book.records)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import orjson
 
 from cds_tpi.service.discovery import SERVICES, Service
+from cds_tpi.order import appointment_as_orders
 from cds_tpi.service.outcomes import HttpError
 
 # The same patterns are stated in the OpenAPI document (openapi.py), which a fuzzer relies on. They
@@ -21,7 +22,7 @@ from cds_tpi.service.outcomes import HttpError
 WHITESPACE_CLASS = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 NONBLANK_PATTERN = f"[^{WHITESPACE_CLASS}]"  # a string that is not all whitespace (str.strip() non-empty)
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+FHIR_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$"  # not "." or "..": a path segment, not an id
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
 FHIR_SERVER_PATTERN = r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?(?::" + _PORT + r")?(?:/[^" + WHITESPACE_CLASS + r"?#]*)?$"
 ACCESS_TOKEN_PATTERN = r"^[\x21-\x7e]+$"
@@ -132,32 +133,6 @@ def should_evaluate(call: HookCall, classifier: TpiClassifier) -> bool:
 def bundle_resources(bundle: dict) -> list[dict]:
     """The resources of a Bundle's entries (entries without a resource object are skipped)."""
     return [e["resource"] for e in bundle.get("entry") or () if isinstance(e.get("resource"), dict)]
-
-
-def appointment_as_orders(appointment: dict) -> list[dict]:
-    """What an Appointment says it is for, as order-like resources for `is_tpi_order`: the
-    appointment itself, ServiceRequests it contains, and a draft ServiceRequest carrying its
-    serviceType / appointmentType / reasonCode codings and its description."""
-    if appointment.get("resourceType") != "Appointment":
-        return []
-    codings: list[Any] = []
-    for concept in [appointment.get("appointmentType"), *_list(appointment.get("serviceType")),
-                    *_list(appointment.get("reasonCode"))]:
-        if isinstance(concept, dict):
-            codings += [c for c in _list(concept.get("coding")) if isinstance(c, dict)]
-    texts = [t for t in (appointment.get("description"), *(
-        c.get("text") for c in _list(appointment.get("serviceType")) if isinstance(c, dict))) if isinstance(t, str)]
-    code: dict[str, Any] = {}
-    if codings:
-        code["coding"] = codings
-    if texts:
-        code["text"] = "; ".join(texts)
-    orders = [appointment]
-    orders += [r for r in _list(appointment.get("contained"))
-               if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
-    if code:
-        orders.append({"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal", "code": code})
-    return orders
 
 
 def _list(value: Any) -> list:
