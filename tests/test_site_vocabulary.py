@@ -207,3 +207,19 @@ def test_site_code_read_with_its_display_keeps_its_meaning(term):
         read = _where(term.match([(SCT, code)], [displays[code]]))
         assert read[1] is alone[1], (code, displays[code])
         assert read[0] >= alone[0] and read[0] - alone[0] <= {UB, LB}, (code, displays[code], read[0] - alone[0])
+
+
+# ICD-10-CM cellulitis / abscess codes sent without a display: the region their title names.
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD_CODES = [
+    ("L03.312", {UB, LB}), ("L02.212", {UB, LB}), ("L02.217", {LB}), ("L03.221", {HN}), ("L02.11", {HN}),
+    ("L03.313", {CH}), ("L03.111", {CH}), ("L03.113", {UL}), ("L03.116", {LL}), ("L03.317", {BH}),
+    ("L02.31", {BH}), ("L03.311", {AB}), ("L03.314", {AB}),
+    ("L03.319", set()), ("L03.90", set()), ("L03.315", set()), ("L02.419", set()),  # trunk/limb/site unspecified
+]
+
+
+@pytest.mark.parametrize("code,regions", ICD_CODES, ids=[c[0] for c in ICD_CODES])
+def test_infection_icd_code_without_display(term, code, regions):
+    got_regions, got_thoracic = _where(term.match([(ICD, code)], []))
+    assert got_regions == regions and not got_thoracic, code
