@@ -28,7 +28,7 @@ class Inputs:
     drafts: list[dict] = field(default_factory=list)  # the planned order (see Document.with_drafts)
     gaps: list[tuple[str, str]] = field(default_factory=list)   # (ref or location, what could not be read)
     checked: set[str] = field(default_factory=set)               # record lists looked up, even if empty
-    full_urls: dict[int, str] = field(default_factory=dict)     # id(resource) -> fullUrl
+    full_urls: dict[str, dict] = field(default_factory=dict)    # Bundle entry fullUrl -> its resource
 
 
 _ABATEMENT = ("abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString", "abatementBoolean")
@@ -218,8 +218,10 @@ class FactBuilder:
     def build(self, inputs: Inputs) -> list[dict]:
         """All facts for these inputs."""
         record, drafts = inputs.record, inputs.drafts
+        for url, r in inputs.full_urls.items():
+            self.index.add(r, url)
         for r in record + drafts:
-            self.index.add(r, inputs.full_urls.get(id(r)))
+            self.index.add(r)
         for ref, what in inputs.gaps:
             self._emit("gap", ref=_printable(ref), name=_printable(what))
 

@@ -145,11 +145,11 @@ class Evaluator:
         for loc in self._accept_all(doc.resources, skipped, gap_list):
             inputs.record.append(loc.resource)
             if loc.full_url:
-                inputs.full_urls[id(loc.resource)] = loc.full_url
+                inputs.full_urls.setdefault(loc.full_url, loc.resource)
         for loc in self._accept_all(doc.draft_orders, skipped, gap_list):
             inputs.drafts.append(loc.resource)
             if loc.full_url:
-                inputs.full_urls[id(loc.resource)] = loc.full_url
+                inputs.full_urls.setdefault(loc.full_url, loc.resource)
         builder = self._builder(now)
         facts = builder.build(inputs)
         matches = self._match(facts)
