@@ -32,6 +32,33 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(_ASIDE.sub(" ", bounded_text(text).lower()))
 
 
+RXNORM, SNOMED, ICD10CM = "http://www.nlm.nih.gov/research/umls/rxnorm", "http://snomed.info/sct", "http://hl7.org/fhir/sid/icd-10-cm"
+LOINC, CPT = "http://loinc.org", "http://www.ama-assn.org/go/cpt"
+# Code systems as EHRs also send them: HL7 OIDs (HL7 terminology, "OID" identifiers of each CodeSystem:
+# RxNorm 2.16.840.1.113883.6.88, SNOMED CT 2.16.840.1.113883.6.96, ICD-10-CM 2.16.840.1.113883.6.90,
+# LOINC 2.16.840.1.113883.6.1, CPT 2.16.840.1.113883.6.12) and URIs with a trailing slash.
+SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM, "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM, "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "urn:oid:2.16.840.1.113883.6.12": CPT,
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_coding(system: str, code: str) -> tuple[str, str]:
+    """(system, code) as the value sets write them: a system OID or a trailing slash mapped to the FHIR
+    URI, a SNOMED CT edition URI (http://snomed.info/sct/<module>) to SNOMED CT, and an ICD-10-CM code
+    without its dot ("L03312") or in lower case written as ICD-10-CM writes it ("L03.312")."""
+    system = SYSTEM_ALIASES.get(system, system.rstrip("/") if system.endswith("/") else system)
+    if system.startswith(SNOMED + "/"):
+        system = SNOMED
+    if system == ICD10CM:
+        code = code.strip().upper()
+        if "." not in code and len(code) > 3:
+            code = code[:3] + "." + code[3:]
+    return system, code
+
+
 @dataclass
 class ValueSetDef:
     """One ValueSet file, as read (includes not yet expanded)."""
@@ -127,6 +154,7 @@ class Terminology:
 
     def match(self, codings: list[tuple[str, str]], texts: list[str]) -> Membership:
         """Membership of a thing described by (system, code) pairs and free texts (memoised)."""
+        codings = [canonical_coding(s, c) for s, c in codings]
         key = (tuple(codings), tuple(texts))
         hit = self._memo.get(key)
         if hit is None:
@@ -167,7 +195,7 @@ class Terminology:
                     if display:
                         index.setdefault((s, c), display)
             self._displays = index
-        return index.get((system, code))
+        return index.get(canonical_coding(system, code))
 
     def find_concept(self, text: str) -> tuple[str, str, str] | None:
         """A (system, code, display) whose display equals text (case-insensitive), from any value set."""

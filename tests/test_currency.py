@@ -151,3 +151,27 @@ def test_cli_exits_1_for_mixed_records(tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "--now", "2026-11-24", str(path)])
     assert result.exit_code == 1
     assert "belongs to Patient/p2" in result.output
+
+
+@pytest.mark.parametrize("system,code", [
+    ("urn:oid:2.16.840.1.113883.6.90", "L03.312"), ("http://hl7.org/fhir/sid/icd-10-cm", "L03312"),
+    ("http://hl7.org/fhir/sid/icd-10-cm", "l03.312"), ("http://hl7.org/fhir/sid/icd-10-cm/", "L03.312")])
+def test_code_systems_as_ehrs_send_them(system, code):
+    term = load_rulebook(RULES).terminology
+    assert "skin-soft-tissue-infections" in term.match([(system, code)], []).all
+    assert "skin-soft-tissue-infections" in term.match([("urn:oid:2.16.840.1.113883.6.96", "128045006")], []).all
+
+
+def test_a_negation_cue_never_vetoes_a_coded_match(evaluator):
+    preg = {"resourceType": "Condition", "id": "preg", "subject": {"reference": "Patient/p1"},
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "77386006"}],
+                     "text": "Pregnancy, not yet delivered; no complications"}}
+    from cds_tpi.pipeline import Evaluator  # noqa: F401 - the session evaluator is used
+
+    steroid = {"resourceType": "MedicationRequest", "id": "s1", "status": "draft", "intent": "order",
+               "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": {"text": "triamcinolone acetonide 40 mg/mL"}}
+    tpi = {"resourceType": "ServiceRequest", "id": "tpi", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+           "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}, "bodySite": [{"text": "gluteus medius"}]}
+    ev = evaluator.evaluate_resources([PATIENT, preg], draft_orders=[tpi, dict(steroid, basedOn=[{"reference": "ServiceRequest/tpi"}])], now=NOW)
+    assert "pregnancy-steroid" in ev.rule_ids

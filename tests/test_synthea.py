@@ -11,7 +11,8 @@ from .cdshooks import assert_cds_response
 from .conftest import NOW, SYNTHEA
 
 FILES = sorted(SYNTHEA.glob("*.json")) if SYNTHEA.is_dir() else []
-pytestmark = pytest.mark.skipif(not FILES, reason=f"shared Synthea bundles not found at {SYNTHEA}")
+pytestmark = pytest.mark.skipif(
+    not FILES, reason=f"Synthea R4 bundles not found at {SYNTHEA} (set CDS_TPI_SYNTHEA to their directory)")
 
 
 def _evaluate(evaluator, path, injectate=None, site=()):

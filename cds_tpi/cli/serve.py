@@ -26,25 +26,51 @@ def build_config(config_file: str | None, **overrides: object) -> ServiceConfig:
     return config
 
 
+def require_service_extra() -> None:
+    """A one-line usage error when the service's libraries (the `service` extra) are not installed."""
+    import importlib.util  # noqa: PLC0415
+
+    missing = [m for m in ("uvicorn", "starlette", "sqlalchemy", "httpx", "joserfc") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.UsageError(f"the CDS Hooks service needs the 'service' extra ({', '.join(missing)} not installed): "
+                               "pip install 'cds-tpi[service]' (and 'cds-tpi[postgres]' for PostgreSQL)")
+
+
+# Every option can come from the environment too (containers): CDS_TPI_HOST, CDS_TPI_PORT,
+# CDS_TPI_WORKERS, CDS_TPI_CONFIG, CDS_TPI_DATABASE_URL, CDS_TPI_LOG_LEVEL. An option on the
+# command line wins over its variable, both win over the config file.
 @click.command("serve")
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8080).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (one engine each).")
+@click.option("--host", default=None, envvar="CDS_TPI_HOST", show_envvar=True, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, envvar="CDS_TPI_PORT", show_envvar=True,
+              help="Port (default 8080).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, envvar="CDS_TPI_WORKERS", show_envvar=True,
+              help="Worker processes (one engine each).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="CDS_TPI_CONFIG", show_envvar=True,
               help="YAML or TOML file: issuers, database_url, max_body_bytes, FHIR timeouts, allowed_origins ...")
-@click.option("--database-url", default=None,
-              help="SQLAlchemy URL (default sqlite:///cds-tpi.sqlite3; postgresql://user@host/db for PostgreSQL).")
+@click.option("--database-url", default=None, envvar="CDS_TPI_DATABASE_URL", show_envvar=True,
+              help="SQLAlchemy URL (default: SQLite in the per-user data directory, see `cds-tpi stats --help`; "
+                   "postgresql://user@host/db for PostgreSQL).")
 @click.option("--allow-unauthenticated", is_flag=True, default=None,
               help="Allow a non-loopback --host without JWT issuers (not for production).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
+              envvar="CDS_TPI_LOG_LEVEL", show_envvar=True)
 def serve(host, port, workers, config_file, database_url, allow_unauthenticated, log_level) -> None:
     """Serve the CDS Hooks 2.0 endpoints (discovery, 4 services, feedback) over HTTP."""
+    require_service_extra()
     import uvicorn  # noqa: PLC0415 - only this command needs it
 
+    from cds_tpi.service.config import sqlite_file  # noqa: PLC0415
     from cds_tpi.service.storage import Storage, redact_url  # noqa: PLC0415
 
     config = build_config(config_file, host=host, port=port, workers=workers, database_url=database_url,
                           allow_unauthenticated=allow_unauthenticated)
+    db_file = sqlite_file(config.database_url)
+    if db_file is not None:
+        try:  # the per-user data directory may not exist yet on a first start
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise click.ClickException(f"cannot create the database directory {db_file.parent}: {e.strerror or e}") from e
     # Create the schema once here, so that several workers do not race to create it, and refuse to
     # start on a database that cannot be written (read-only file, server down, no permission): the
     # audit trail and clinician feedback would be lost from the first call on. A database that

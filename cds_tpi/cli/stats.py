@@ -5,19 +5,37 @@ from __future__ import annotations
 import click
 import orjson
 
-from cds_tpi.service.config import DEFAULT_DATABASE_URL
+from cds_tpi.errors import InputError
+from cds_tpi.service.config import default_database_url, load_config, sqlite_file
 
 
 @click.command("stats")
-@click.option("--database-url", default=DEFAULT_DATABASE_URL, show_default=True, help="SQLAlchemy URL of the service database.")
+@click.option("--database-url", default=None, envvar="CDS_TPI_DATABASE_URL", show_envvar=True,
+              help="SQLAlchemy URL of the service database (default: database_url of --config, else SQLite in the "
+                   "per-user data directory: $XDG_DATA_HOME/cds-tpi/cds-tpi.sqlite3, ~/.local/share/cds-tpi/ on Linux).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="CDS_TPI_CONFIG", show_envvar=True, help="The service's config file (for its database_url).")
 @click.option("--top", type=click.IntRange(1, 20), default=3, show_default=True, help="Override reasons shown per rule.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def stats(database_url: str, top: int, fmt: str) -> None:
-    """Card statistics from the service's audit and feedback records."""
+def stats(database_url: str | None, config_file: str | None, top: int, fmt: str) -> None:
+    """Card statistics from the service's audit and feedback records (read only: never creates a database)."""
+    from .serve import require_service_extra  # noqa: PLC0415
+
+    require_service_extra()
     import sqlalchemy  # noqa: PLC0415
 
     from cds_tpi.service.storage import Storage, redact_url  # noqa: PLC0415
 
+    if database_url is None:
+        try:
+            database_url = load_config(config_file).database_url if config_file else default_database_url()
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="--config") from e
+    db_file = sqlite_file(database_url)
+    if db_file is not None and not db_file.is_file():
+        # SQLite would create an empty file here and then fail on the missing tables.
+        raise click.ClickException(f"no service database at {db_file}: `cds-tpi serve` creates it on its first start "
+                                   "(or pass --database-url / set CDS_TPI_DATABASE_URL)")
     storage = Storage(database_url)
     try:
         rows = storage.rule_stats(top=top)

@@ -14,7 +14,24 @@ import yaml
 
 from cds_tpi.errors import InputError
 
-DEFAULT_DATABASE_URL = "sqlite:///cds-tpi.sqlite3"
+APP_NAME = "cds-tpi"
+
+
+def default_database_url() -> str:
+    """SQLite in the per-user data directory (platformdirs: $XDG_DATA_HOME/cds-tpi, by default
+    ~/.local/share/cds-tpi/cds-tpi.sqlite3 on Linux), not the current directory: `stats` run
+    elsewhere must find the same database. Read when a config is built, never at import."""
+    from platformdirs import user_data_path
+
+    return f"sqlite:///{user_data_path(APP_NAME, appauthor=False) / 'cds-tpi.sqlite3'}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (None for other databases and for in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
 ALLOWED_JWT_ALGORITHMS = ("ES384", "RS384", "ES256", "RS256")
 
 
@@ -40,7 +57,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = dataclasses.field(default_factory=default_database_url)
     issuers: tuple[Issuer, ...] = ()
     allow_unauthenticated: bool = False
     # The external base URL (scheme://host[:port][/prefix]) clients call; the JWT `aud` must equal

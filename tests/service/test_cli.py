@@ -52,6 +52,7 @@ def test_allow_unauthenticated_and_issuer_config_pass_the_check(tmp_path, signer
     assert build_config(None, host="0.0.0.0", allow_unauthenticated=True).host == "0.0.0.0"
     config_file = tmp_path / "service.yaml"
     config_file.write_text(f"issuers:\n  - iss: https://ehr.example.org\n    jwks_file: {signer.jwks_file}\n"
+                           "public_base_url: https://cds.example.org\n"
                            "max_body_bytes: 1000\nallowed_origins: [https://sandbox.cds-hooks.org]\n")
     config = build_config(str(config_file), host="0.0.0.0")
     assert config.auth_enabled and config.max_body_bytes == 1000
@@ -111,4 +112,5 @@ def test_stats_command(tmp_path):
     as_json = CliRunner().invoke(stats, ["--database-url", url, "--format", "json"])
     assert '"overridden": 1' in as_json.output
     empty = CliRunner().invoke(stats, ["--database-url", f"sqlite:///{tmp_path}/empty.sqlite3"])
-    assert empty.exit_code == 1 and "cannot read" in empty.output
+    assert empty.exit_code == 1 and "no service database at" in empty.output
+    assert not (tmp_path / "empty.sqlite3").exists()  # a read-only command creates nothing
