@@ -1,4 +1,5 @@
-"""JSON Schemas (draft 2020-12) for what cds-tpi sends: CDS Hooks 2.0 responses and discovery documents.
+"""JSON Schemas (draft 2020-12) for what cds-tpi sends - CDS Hooks 2.0 responses and discovery documents -
+and for the CDS Hooks requests it accepts (the service's 400 validation and its OpenAPI document).
 
 CDS Hooks 2.0 has no official schema; these are written from the specification (see
 shared/cds-hooks/README.md) and shipped as package data so the tests and the code use the same ones.
@@ -16,7 +17,7 @@ from importlib import resources
 
 from jsonschema import Draft202012Validator
 
-NAMES = ("cds-hooks-response", "cds-hooks-discovery")
+NAMES = ("cds-hooks-response", "cds-hooks-discovery", "cds-hooks-request")
 
 
 def _file(name: str) -> str:

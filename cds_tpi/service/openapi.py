@@ -1,5 +1,7 @@
-"""The OpenAPI 3.1 document of the service, written by hand to match hooks.py / feedback.py exactly
-(a fuzzer runs against it, so every constraint the validators enforce is stated here)."""
+"""The OpenAPI 3.1 document of the service. The request bodies of the hooks are the request schema
+that hooks.py validates with (cds_tpi/schemas/cds-hooks-request.schema.json); the feedback schema is
+written to match feedback.py exactly (a fuzzer runs against the document, so every constraint the
+validators enforce is stated here)."""
 
 from __future__ import annotations
 
@@ -8,57 +10,15 @@ from functools import lru_cache
 from cds_tpi import __version__
 from cds_tpi.service.discovery import SERVICES
 from cds_tpi.service.feedback import MAX_ITEMS, OUTCOMES
-from cds_tpi.service.hooks import (ACCESS_TOKEN_PATTERN, FHIR_ID_PATTERN, FHIR_SERVER_PATTERN, NONBLANK_PATTERN,
-                                   UUID_PATTERN)
+from cds_tpi.service.hooks import NONBLANK_PATTERN
+from cds_tpi.service.request_schema import request_schema
 
 _NONBLANK = {"type": "string", "pattern": NONBLANK_PATTERN}
-_UUID = {"type": "string", "pattern": UUID_PATTERN}
 _JSON = "application/json"
 
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _bundle() -> dict:
-    return {"type": "object", "required": ["resourceType"],
-            "properties": {"resourceType": {"const": "Bundle"}, "entry": {"type": "array", "items": {"type": "object"}}}}
-
-
-_HOOK_CONTEXT = {
-    "order-select": {"selections": {"type": "array", "items": _NONBLANK}, "draftOrders": _bundle()},
-    "order-sign": {"draftOrders": _bundle()},
-    "appointment-book": {"appointments": _bundle()},
-    "patient-view": {},
-}
-
-
-def _request_schema(hook: str) -> dict:
-    extra = _HOOK_CONTEXT[hook]
-    return {
-        "type": "object",
-        "required": ["hook", "hookInstance", "context"],
-        "properties": {
-            "hook": {"const": hook},
-            "hookInstance": _UUID,
-            "context": {
-                "type": "object",
-                "required": ["userId", "patientId", *extra],
-                "properties": {
-                    "userId": _NONBLANK,
-                    "patientId": {"type": "string", "pattern": FHIR_ID_PATTERN},
-                    "encounterId": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN},
-                    **extra,
-                },
-            },
-            "fhirServer": {"type": "string", "pattern": FHIR_SERVER_PATTERN},
-            "fhirAuthorization": {"oneOf": [{"type": "null"}, _ref("FhirAuthorization")]},
-            "prefetch": {"type": ["object", "null"], "additionalProperties": {
-                "type": ["object", "null"], "required": ["resourceType"],
-                "properties": {"resourceType": {"type": "string"}}}},
-        },
-        "dependentRequired": {"fhirAuthorization": ["fhirServer"]},
-    }
 
 
 _ERRORS = {
@@ -107,7 +67,7 @@ def openapi_document(auth_enabled: bool = True) -> dict:
         op = service.id.replace("-", "_")
         paths[f"/cds-services/{service.id}"] = {"post": {
             "operationId": op, "summary": service.title, "description": service.description, "security": security,
-            "requestBody": {"required": True, "content": {_JSON: {"schema": _request_schema(service.hook)}}},
+            "requestBody": {"required": True, "content": {_JSON: {"schema": request_schema(service.hook)}}},
             "responses": _responses(codes("400", "401", "412", "413", "500", "503"),
                                     {"description": "Cards", "content": {_JSON: {"schema": _ref("CdsResponse")}}}),
         }}
@@ -122,12 +82,6 @@ def openapi_document(auth_enabled: bool = True) -> dict:
               "properties": {"system": {**_NONBLANK, "maxLength": 256}, "code": {**_NONBLANK, "maxLength": 128},
                              "display": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN, "maxLength": 512}}}
     schemas = {
-        "FhirAuthorization": {
-            "type": "object", "required": ["access_token", "token_type", "expires_in", "scope", "subject"],
-            "properties": {"access_token": {"type": "string", "pattern": ACCESS_TOKEN_PATTERN}, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
-                           "expires_in": {"type": "number"}, "scope": _NONBLANK, "subject": _NONBLANK,
-                           "patient": {"type": ["string", "null"], "pattern": NONBLANK_PATTERN}},
-        },
         "Discovery": {"type": "object", "required": ["services"], "properties": {"services": {"type": "array", "items": {
             "type": "object", "required": ["hook", "description", "id"],
             "properties": {"hook": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
