@@ -148,13 +148,19 @@ def _condition(**extra):
     ({"code": "abc"}, "code", 'expected a CodeableConcept object, got a string ("abc")'),
     ({"code": {"coding": {"code": "x"}}}, "code.coding", "expected an array (this element repeats), got an object"),
     ({"subject": "Patient/p1"}, "subject", 'expected a Reference object, got a string ("Patient/p1")'),
+    ({"code": {"text": ""}}, "code.text", "empty string: FHIR has no empty values; leave the element out"),
+    ({"onsetDateTime": "2020-01-01", "onsetString": "childhood"}, "",
+     "only one of onsetAge, onsetDateTime, onsetPeriod, onsetRange, onsetString may be given (a choice element, [x])"),
+    ({"subject": {"reference": "Patient/p1"}, "evidence": [{"detail": [{}]}], "id": "c 1"}, "id",
+     "invalid id \"c 1\": only letters, digits, '-' and '.'"),
 ])
 def test_validation_errors_speak_fhir(tmp_path, extra, path, message):
     f = tmp_path / "c.json"
     f.write_text(json.dumps(_bundle(PATIENT, _condition(**extra))))
     r = run("validate", str(f))
     assert r.exit_code == 1
-    assert f"entry[1] Condition/c1: {path}: {message}" in r.stdout
+    label = "Condition/c1" if path != "id" else "Condition/c 1"
+    assert ": ".join(x for x in (f"entry[1] {label}", path, message) if x) in r.stdout, r.stdout
     assert "instance of" not in r.stdout and ".root" not in r.stdout and "Invalid JSON" not in r.stdout
 
 

@@ -207,8 +207,19 @@ def _message(err: dict, model: Any = None) -> str:
     given = err.get("input", None)
     if kind == "extra_forbidden":
         return "unknown element"
-    if kind == "missing":
+    if kind in ("missing", "model_field_validation.missing"):
         return "required element missing"
+    m = re.match(r"Any of one field value is expected from this list \[(.*)\], but got multiple", msg)
+    if m:  # a choice element ([x]) given in two types
+        names = [n.strip(" '\"") for n in m.group(1).split(",")]
+        return f"only one of {', '.join(names)} may be given (a choice element, [x])"
+    if kind == "string_pattern_mismatch":
+        # FHIR primitive patterns (https://hl7.org/fhir/R4/datatypes.html#primitive)
+        if given == "" or (isinstance(given, str) and not given.strip()):
+            return "empty string: FHIR has no empty values; leave the element out"
+        if (err.get("ctx") or {}).get("pattern") == r"^[A-Za-z0-9\-.]+$":
+            return f"invalid id \"{str(given)[:64]}\": only letters, digits, '-' and '.'"
+        return f"{_json_kind(given)} does not match the FHIR pattern {(err.get('ctx') or {}).get('pattern')}"
     if kind == "model_validation_format" or (kind == "json_invalid" and isinstance(given, str)):
         # fhir_core reads a string where an object belongs as JSON text ("Invalid JSON: expected value
         # at line 1 column 1") and names other values "the instance of Coding": say it as FHIR would.
