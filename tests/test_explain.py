@@ -123,3 +123,16 @@ def test_nearest_prefers_the_right_kind_of_fact_on_a_tie():
     assert best["ref"] == "Observation/obs-inr-ok"
     assert [f["condition"] for f in best["failed"]] == ["value > param inr_max (= 3.0)"]
     assert best["failed"][0]["actual"] == "value is 2.5"
+
+
+def test_synthesized_order_as_for_evaluate(tmp_path):
+    bundle = json.loads((SAMPLES / "clean-patient.json").read_text())
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("status") != "draft"]
+    path = tmp_path / "no-order.json"
+    path.write_text(json.dumps(bundle))
+    result = _run("--rule", "thoracic-site", "--format", "json", "--injectate", "lidocaine:50mg", "--site", "trapezius", str(path))
+    assert result.exit_code == 0, result.output
+    alt = json.loads(result.output)["rules"][0]["alternatives"][0]
+    assert alt["fired"] and alt["patterns"][0]["matched"][0]["name"].lower().startswith("trapezius")
+    result = _run("--injectate", "nosuchdrug:5mg", str(path))
+    assert result.exit_code == 2 and "--injectate" in result.output

@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 import orjson
 
-from ..errors import CdsTpiError
+from ..errors import CdsTpiError, InputError
 from ..explain import explain as explain_evaluation, format_text
 from ..fhir.read import read_bytes
-from .evaluate import _parse_now, add_order
+from ..order import parse_injectates
+from .evaluate import _parse_now, add_order, unknown_types
+from .injectate import check_injectates
 from .options import expand_inputs, fhir_version_option, format_option, max_bytes_option, read_input, rules_option
 
 
@@ -37,8 +39,14 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
     from ..pipeline import Evaluator
 
     now = _parse_now(now_text)
+    try:
+        injectates = parse_injectates(injectate) if injectate is not None else None
+    except InputError as e:
+        raise click.BadParameter(e.message.removeprefix("--injectate: "), param_hint="'--injectate'") from None
     files = expand_inputs(paths)
     evaluator = Evaluator.load(rules_dir, fhir_version)
+    if injectates:
+        check_injectates([i.name for i in injectates], evaluator.book)
     if rule_id is not None and rule_id not in {r.id for r in evaluator.rules}:
         known = ", ".join(sorted(r.id for r in evaluator.rules))
         raise click.BadParameter(f"no rule '{rule_id}' (rules: {known})", param_hint="'--rule'")
@@ -47,11 +55,12 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
     for name in files:
         try:
             doc = read_bytes(read_input(name, max_bytes), name, max_bytes)
+            gaps = unknown_types(doc, fhir_version)  # as evaluate does: a mistyped resourceType is a gap
             if injectate or sites:
                 doc, note = add_order(doc, evaluator, injectate, sites)
                 if note:
                     click.echo(f"{name}: note: {note}", err=True)
-            result = evaluator.evaluate_document(doc, now=now)
+            result = evaluator.evaluate_document(doc, gaps=gaps, now=now)
         except OSError as e:
             click.echo(f"{name}: error: cannot read: {e.strerror or e}", err=True)
             failed += 1
