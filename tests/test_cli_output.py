@@ -38,6 +38,15 @@ def test_verbose_shows_each_cards_detail_lines():
     assert phrase in verbose.stdout
     detail_line = next(ln for ln in verbose.stdout.splitlines() if phrase in ln)
     assert detail_line.startswith(" " * 13)  # indented under its card
+    assert "**" not in verbose.stdout and "](" not in verbose.stdout  # markdown read as plain text
+    assert "StatPearls: Trigger Point Injection <https://" in verbose.stdout
+
+
+def test_plain_text_of_card_markdown():
+    from cds_tpi.cli.evaluate import plain
+
+    assert plain("takes **Warfarin** ([label](https://x.org/a))") == "takes Warfarin (label <https://x.org/a>)"
+    assert plain(r"Dr \*Star\* \_x\_") == "Dr *Star* _x_"
 
 
 def test_missing_data_reasons_are_always_shown():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -124,6 +125,18 @@ def evaluate_one(name: str, evaluator, *, max_bytes: int, injectate: str | None,
     return out
 
 
+_MD_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]*)\)")
+_MD_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def plain(markdown: str) -> str:
+    """A line of card markdown for a terminal: **bold** unmarked, [label](url) as 'label <url>',
+    backslash escapes (record text is markdown-escaped in cards) undone."""
+    text = _MD_LINK.sub(lambda m: f"{m.group(1)} <{m.group(2)}>", markdown)
+    text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
+    return _MD_ESCAPE.sub(r"\1", text)
+
+
 def _text(o: Outcome, verbose: bool, echo) -> None:
     cards = o.response["cards"]
     echo(f"== {o.name}: {len(cards)} card(s)")
@@ -135,14 +148,14 @@ def _text(o: Outcome, verbose: bool, echo) -> None:
             detail = c.get("detail") or ""
             for line in detail.splitlines():
                 if line.strip():
-                    echo(f"{pad}  {line.strip()}")
+                    echo(f"{pad}  {plain(line.strip())}")
             for link in c.get("links", []):
                 if link["url"] not in detail:  # the detail's "Sources:" line names most of them already
                     echo(f"{pad}  link: {link['label']} <{link['url']}>")
         elif rule_id == "missing-data":
             # The reasons are the point of this card: without them "data missing" says nothing.
             for reason in o.reasons(rule_id):
-                echo(f"{pad}  not checked: {reason}")
+                echo(f"{pad}  not checked: {plain(reason)}")
         for s in c.get("suggestions", []):
             echo(f"{pad}  suggestion: {s['label']}")
 
