@@ -40,11 +40,11 @@ def rules_copy(tmp_path):
 
 BREAKAGES = [
     # (file, old text, new text, expected line, expected message part)
-    ("anticoagulant.yaml", "drug: {fact: medication,", "drug: {fact: medicine,", 12, "when/0/match/drug/fact"),
-    ("anticoagulant.yaml", "vs: {any: [anticoagulants, p2y12-inhibitors]}", "vs: {any: [anticoagulantz]}", 12, "unknown value set 'anticoagulantz'"),
-    ("anticoagulant.yaml", "where: {vs:", "where: {colour: red, vs:", 12, "unknown field 'colour'"),
-    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drug | names }\"", 14, "template error"),
-    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drugs | names }}\"", 14, "'drugs' is undefined"),
+    ("anticoagulant.yaml", "drug: {fact: medication,", "drug: {fact: medicine,", 16, "when/0/match/drug/fact"),
+    ("anticoagulant.yaml", "vs: {any: [anticoagulants, p2y12-inhibitors]}", "vs: {any: [anticoagulantz]}", 20, "unknown value set 'anticoagulantz'"),
+    ("anticoagulant.yaml", "where: {vs:", "where: {colour: red, vs:", 16, "unknown field 'colour'"),
+    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drug | names }\"", 22, "template error"),
+    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drugs | names }}\"", 22, "'drugs' is undefined"),
     ("anticoagulant.yaml", "indicator: warning", "indicator: severe", 3, "indicator"),
     ("anticoagulant.yaml", "id: anticoagulant", "id: anticoagulants", 1, "must match the file name"),
     ("anticoagulant.yaml", "title: Anticoagulant", "title: Anticoagulant\ntitle: again", 3, "duplicate key"),
@@ -96,12 +96,12 @@ def test_lint_of_a_missing_directory(tmp_path):
 def test_none_inside_or_is_reported(rules_copy):
     path = rules_copy / "anticoagulant.yaml"
     text = path.read_text()
-    old = "where: {vs: {any: [anticoagulants, p2y12-inhibitors]}}"
+    old = "where: {vs: {any: [anticoagulants, p2y12-inhibitors], none: [heparin-flush]}}"
     assert old in text
     path.write_text(text.replace(old, "where: {or: [{vs: {none: [anticoagulants]}}, {status: active}]}", 1))
     result = _lint(rules_copy)
     assert result.exit_code == 1
-    assert f"{path}:12:" in result.output and "'none' cannot be used inside 'or'" in result.output
+    assert f"{path}:16:" in result.output and "'none' cannot be used inside 'or'" in result.output
 
 
 def test_lint_reports_every_error_of_every_file(rules_copy):
@@ -109,7 +109,8 @@ def test_lint_reports_every_error_of_every_file(rules_copy):
     bleeding = rules_copy / "bleeding-disorder.yaml"
     text = bleeding.read_text()
     for old, new in [("indicator: critical", "indicator: severe"),                                       # schema
-                     ("{vs: {any: [bleeding-disorders]}}", "{vs: {any: [bleeding-disorderz]}}"),          # value set
+                     ("{vs: {any: [bleeding-disorders], none: [thrombocytopenia]}}",
+                      "{vs: {any: [bleeding-disorderz], none: [thrombocytopenia]}}"),                      # value set
                      ("value: {gt: {param: inr_max}}", "value: {gt: {param: inr_maximum}}")]:            # param
         assert old in text, old
         text = text.replace(old, new, 1)

@@ -1,0 +1,147 @@
+"""Terminology completeness (issue 7, class 4/6/7): records coded the way EHRs send them match the right value sets.
+
+A medication coded only with an RxNorm product code (no display, no text) must still be recognised;
+heparin lock-flush products are not anticoagulants; purpura that is not a coagulation or platelet
+disorder is not a bleeding disorder; pregnancy coded in ICD-10-CM (O09.x, Z33.1, Z3A.xx) or SNOMED CT
+is a pregnancy. Every code used here is one that rules/valuesets/README.md lists with its source.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cds_tpi.ruleset import load_rulebook
+
+from .conftest import RULES
+
+RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+SCT = "http://snomed.info/sct"
+
+
+@pytest.fixture(scope="module")
+def term():
+    return load_rulebook(None).terminology
+
+
+def _sets(term, system, code):
+    """Value sets a thing coded only as (system, code), with no display or text, belongs to."""
+    return term.match([(system, code)], []).all
+
+
+# (RxNorm product code, value sets it must be in): SCD, SBD and BPCK codes, no display.
+PRODUCTS = [
+    ("1364447", {"anticoagulants"}),                      # apixaban 5 MG Oral Tablet [Eliquis] (SBD)
+    ("1364441", {"anticoagulants"}),                      # apixaban 2.5 MG Oral Tablet [Eliquis] (SBD)
+    ("1992428", {"anticoagulants"}),                      # Eliquis 30-Day Starter Pack (BPCK)
+    ("1232088", {"anticoagulants"}),                      # rivaroxaban 20 MG Oral Tablet [Xarelto] (SBD)
+    ("1549682", {"anticoagulants"}),                      # rivaroxaban starter pack (GPCK)
+    ("1037049", {"anticoagulants"}),                      # dabigatran 150 MG [Pradaxa]
+    ("1599557", {"anticoagulants"}),                      # edoxaban 60 MG [Savaysa]
+    ("855334", {"anticoagulants"}),                       # warfarin sodium 5 MG [Coumadin]
+    ("855336", {"anticoagulants"}),                       # warfarin sodium 5 MG [Jantoven]
+    ("854249", {"anticoagulants"}),                       # 1 ML enoxaparin 100 MG/ML syringe [Lovenox]
+    ("978757", {"anticoagulants"}),                       # 1 ML dalteparin 10000 UNT/ML syringe [Fragmin]
+    ("861362", {"anticoagulants"}),                       # 0.5 ML fondaparinux 5 MG/ML syringe [Arixtra]
+    ("1361615", {"anticoagulants"}),                      # heparin 5000 UNT/ML injectable solution
+    ("213169", {"p2y12-inhibitors", "anticoagulants"}),   # clopidogrel 75 MG [Plavix]
+    ("855816", {"p2y12-inhibitors"}),                     # prasugrel 10 MG [Effient]
+    ("1116635", {"p2y12-inhibitors"}),                    # ticagrelor 90 MG Oral Tablet
+    ("1116632", {"p2y12-inhibitors"}),                    # ticagrelor (ingredient)
+    ("313406", {"p2y12-inhibitors"}),                     # ticlopidine 250 MG
+    # injectate agents: a combination product is in the anesthetic's set AND in epinephrine
+    ("1010751", {"lidocaine", "epinephrine", "local-anesthetics", "local-anesthetics-amide"}),
+    ("1010759", {"lidocaine", "epinephrine", "local-anesthetics", "local-anesthetics-amide"}),
+    ("1150120", {"lidocaine", "epinephrine", "local-anesthetics"}),
+    ("107602", {"lidocaine", "epinephrine", "local-anesthetics"}),
+    ("107606", {"bupivacaine", "epinephrine", "local-anesthetics", "local-anesthetics-amide"}),
+    ("1012792", {"epinephrine", "local-anesthetics-amide", "local-anesthetics"}),  # mepivacaine + epinephrine
+]
+
+
+@pytest.mark.parametrize("code,expected", PRODUCTS, ids=[p[0] for p in PRODUCTS])
+def test_product_code_without_display_matches(term, code, expected):
+    got = _sets(term, RX, code)
+    assert expected <= got, (code, sorted(got))
+
+
+def test_plain_anesthetics_are_not_epinephrine_products(term):
+    assert "epinephrine" not in _sets(term, RX, "6387")      # lidocaine (ingredient)
+    assert "lidocaine" not in _sets(term, RX, "107606")      # bupivacaine / epinephrine
+
+
+def test_combination_products_carry_their_real_rxnorm_name(term):
+    """The engine reads an anesthetic's strength from the display of a code-only product: it must be RxNorm's name."""
+    names = {code: display for system, code, display in term.defs["lidocaine"].displays if system == RX}
+    assert names["1010751"] == "epinephrine 0.01 MG/ML / lidocaine hydrochloride 10 MG/ML Injectable Solution"
+    assert names["1010759"] == "epinephrine 0.01 MG/ML / lidocaine hydrochloride 20 MG/ML Injectable Solution"
+
+
+# -- heparin lock flush --------------------------------------------------------------------------------
+FLUSH_CODES = ["1362060", "1362062", "1658690", "1658692"]
+
+
+@pytest.mark.parametrize("code", FLUSH_CODES)
+def test_heparin_flush_codes_are_not_anticoagulants(term, code):
+    got = _sets(term, RX, code)
+    assert "heparin-flush" in got
+    assert "anticoagulants" not in got, "flush products are excluded from our anticoagulants set"
+
+
+@pytest.mark.parametrize("text", ["Heparin Lock Flush 100 unit/mL syringe", "HEPARIN (PORCINE) LOCK FLUSH 10 UNIT/ML IV SOLN",
+                                  "heparin flush 100 units/mL", "Hep-Lock U/P 100 units/mL"])
+def test_heparin_flush_names_are_flushes(term, text):
+    assert "heparin-flush" in term.match([], [text]).all
+
+
+def test_therapeutic_heparin_is_still_an_anticoagulant(term):
+    got = term.match([(RX, "1361615")], ["heparin sodium, porcine 5000 UNT/ML Injectable Solution"])
+    assert "anticoagulants" in got.by_code and "heparin-flush" not in got.all
+
+
+def test_every_flush_code_that_vsac_lists_is_excluded_from_anticoagulants():
+    """The VSAC copies stay unchanged; our set excludes their flush products."""
+    anticoag = json.loads((RULES / "valuesets" / "anticoagulants.json").read_text())
+    excluded = {c["code"] for e in anticoag["compose"]["exclude"] for c in e["concept"]}
+    assert set(FLUSH_CODES) <= excluded
+
+
+# -- bleeding disorders ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("code", ["D69.0", "D69.2"])
+def test_vascular_purpura_is_not_a_bleeding_disorder(term, code):
+    assert "bleeding-disorders" not in _sets(term, ICD, code)
+
+
+@pytest.mark.parametrize("code", ["D66", "D67", "D68.01", "D68.311", "D69.1", "D65"])
+def test_coagulation_and_platelet_function_disorders_stay(term, code):
+    got = _sets(term, ICD, code)
+    assert "bleeding-disorders" in got and "thrombocytopenia" not in got
+
+
+@pytest.mark.parametrize("code", ["D69.3", "D69.6", "D69.59", "D61.818"])
+def test_thrombocytopenia_is_a_subset_of_bleeding_disorders(term, code):
+    assert {"thrombocytopenia", "bleeding-disorders"} <= _sets(term, ICD, code)
+
+
+def test_thrombocytopenia_set_is_inside_bleeding_disorders(term):
+    assert term.codes_of("thrombocytopenia") <= term.codes_of("bleeding-disorders")
+
+
+# -- pregnancy -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("code", ["O09.90", "O09.523", "O09.A3", "O26.843", "O99.282", "O24.410", "Z33.1", "Z34.83",
+                                  "Z3A.00", "Z3A.08", "Z3A.28", "Z3A.49"])
+def test_icd10cm_pregnancy_codes(term, code):
+    assert "pregnancy" in _sets(term, ICD, code)
+
+
+@pytest.mark.parametrize("code", ["77386006", "72892002", "47200007", "59466002"])
+def test_snomed_pregnancy_codes(term, code):
+    assert "pregnancy" in _sets(term, SCT, code)
+
+
+@pytest.mark.parametrize("code", ["O90.3", "Z39.2", "O80", "O94"])
+def test_puerperium_and_delivery_codes_are_not_a_current_pregnancy(term, code):
+    assert "pregnancy" not in _sets(term, ICD, code)
+
