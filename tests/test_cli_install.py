@@ -111,3 +111,20 @@ def test_synthea_path_comes_from_the_environment(tmp_path):
     assert synthea_dir({"CDS_TPI_SYNTHEA": str(tmp_path)}) == tmp_path
     assert synthea_dir({}) == SHARED / "fhir" / "synthea-r4"
     assert "CDS_TPI_SYNTHEA" in (ROOT / "tox.ini").read_text()
+
+
+def test_fhir_server_tests_skip_without_a_recent_node_and_fail_under_ci(tmp_path, monkeypatch):
+    from tests.service import conftest as service
+
+    fake = tmp_path / "node"
+    fake.write_text("#!/bin/sh\necho v18.19.0\n")  # Debian 12's nodejs
+    fake.chmod(0o755)
+    assert service._node_version(str(fake)) == (18, 19) < service.NODE_MIN
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="npm is not installed"):
+        service._skip_or_fail("npm is not installed")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs Node >= 20\.19"):
+        service._skip_or_fail("npm is not installed")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "node@20" in ci and "apt_install chromium" in ci
