@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 
 import click
 
@@ -71,6 +73,9 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
             db_file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise click.ClickException(f"cannot create the database directory {db_file.parent}: {e.strerror or e}") from e
+    # Bind first, here: uvicorn would run the app's start-up (and log "service ready") before it
+    # found the port taken. The bound socket is handed to uvicorn and shared by its workers.
+    sock = bind_socket(config.host, config.port)
     # Create the schema once here, so that several workers do not race to create it, and refuse to
     # start on a database that cannot be written (read-only file, server down, no permission): the
     # audit trail and clinician feedback would be lost from the first call on. A database that
@@ -88,9 +93,44 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
     finally:
         storage.dispose()
     os.environ[CONFIG_ENV] = config.to_json().decode()
-    uvicorn.run("cds_tpi.service.app:app_from_environment", factory=True, host=config.host, port=config.port,
-                workers=config.workers, log_level=log_level, log_config=log_config(log_level), server_header=False,
-                proxy_headers=False, timeout_graceful_shutdown=10)
+    uv_config = uvicorn.Config("cds_tpi.service.app:app_from_environment", factory=True, host=config.host,
+                               port=config.port, workers=config.workers, log_level=log_level,
+                               log_config=log_config(log_level), server_header=False, proxy_headers=False,
+                               timeout_graceful_shutdown=10, limit_concurrency=config.limit_concurrency,
+                               timeout_keep_alive=config.timeout_keep_alive)
+    server = uvicorn.Server(uv_config)
+    try:
+        if config.workers > 1:
+            from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+            Multiprocess(uv_config, sockets=[sock]).run()
+        else:
+            server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    if config.workers == 1 and not server.started:
+        raise click.ClickException("the service did not start (see the log above)")
+
+
+class PortUnavailable(click.ClickException):
+    """The address cannot be bound (in use, not local, no permission): exit status 1, one line."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket bound to host:port (SO_REUSEADDR, as uvicorn does), or PortUnavailable."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {why} (choose another with --port)") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _first_line(e: Exception) -> str:
