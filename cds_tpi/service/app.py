@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -26,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,7 +38,8 @@ from cds_tpi.errors import InputError
 from cds_tpi.service.audit import AuditWriter, card_rows
 from cds_tpi.service.auth import JtiStore, JwtVerifier
 from cds_tpi.service.config import ServiceConfig
-from cds_tpi.service.discovery import PrefetchKey, checked_records, discovery_document, prefetch_keys_for
+from cds_tpi.service.discovery import (PrefetchKey, checked_records, discovery_document, prefetch_keys_for,
+                                      record_sources)
 from cds_tpi.service.evaluation import EvaluationRunner
 from cds_tpi.service.feedback import check_issued, issued_cards, parse_feedback
 from cds_tpi.service.hooks import find_service, parse_call, should_evaluate
@@ -58,6 +61,8 @@ class Evaluator(Protocol):
     """What the service needs of `cds_tpi.pipeline.Evaluator` (not thread-safe: called synchronously)."""
 
     def is_tpi_order(self, resources: list[dict]) -> bool: ...
+
+    def warm_up(self) -> Any: ...
 
     def evaluate_request(self, request: dict, *, gaps: list[str] = ..., checked: Any = ..., now: Any = ...) -> Evaluation: ...
 
@@ -128,9 +133,11 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
     # CORS outermost, so that every answer carries its headers, CatchAll's 500 included; a browser
     # client may read WWW-Authenticate (why a JWT was refused) and Retry-After (when to retry a 503).
     middleware = [
-        Middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST", "OPTIONS"],
+        Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                    allow_headers=["Authorization", "Content-Type"], expose_headers=list(EXPOSE_HEADERS), max_age=600),
         Middleware(CatchAll),
+        # the Host header must name this service (a DNS-rebinding page sends its own name)
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(config.trusted_hosts), www_redirect=False),
     ]
     _quiet_http_client_logs()
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
@@ -151,21 +158,10 @@ def _load_evaluator(config: ServiceConfig) -> Evaluator:
     return RealEvaluator.load(rules_dir=config.rules_dir)
 
 
-_WARM_UP_REQUEST = {
-    "hook": "order-sign", "hookInstance": "00000000-0000-4000-8000-000000000000",
-    "context": {"userId": "Practitioner/warm-up", "patientId": "warm-up", "draftOrders": {
-        "resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
-            "resourceType": "ServiceRequest", "id": "warm-up", "status": "draft", "intent": "proposal",
-            "subject": {"reference": "Patient/warm-up"},
-            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}}}]}},
-    "prefetch": {"patient": {"resourceType": "Patient", "id": "warm-up", "birthDate": "1970-01-01"}},
-}
-
-
 def _warm_up(engine: Evaluator) -> None:
     """One evaluation at start-up, so the first clinical call does not pay for lazy imports and caches."""
     try:
-        engine.evaluate_request(_WARM_UP_REQUEST)
+        engine.warm_up()
     except Exception as e:
         log.warning("engine warm-up failed: %s", type(e).__name__)
 
@@ -204,14 +200,17 @@ async def call_service(request: Request) -> Response:
     service = find_service(request.path_params["service_id"])  # unknown: 404, not audited
     hook_instance = None
     status, outcome, evaluation = 500, "error", None
+    records: dict[str, list[str]] = {}  # key names by source, for the log (never values or URLs)
     try:
-        await _authenticate(request)
+        claims = await _authenticate(request)
         call = parse_call(service, await _read_body(request, st.config.max_body_bytes))
         hook_instance = call.hook_instance
         if not await st.runner.run(should_evaluate, call, st.evaluator):
             status, outcome, body = 200, "not-applicable", {"cards": []}
         else:
-            prefetched = await complete_prefetch(call, st.http, st.config, st.prefetch_keys)
+            prefetched = await complete_prefetch(call, st.http, st.config, st.prefetch_keys,
+                                                 issuer=st.verifier.issuer_of(claims) if st.verifier else None)
+            records = record_sources(st.prefetch_keys, call.request.get("prefetch") or {}, prefetched.fetched)
             try:
                 evaluation = await st.runner.run(st.evaluator.evaluate_request,
                                                  {**call.request, "prefetch": prefetched.prefetch},
@@ -223,7 +222,11 @@ async def call_service(request: Request) -> Response:
         response = JSONResponse(body)
     except HttpError as e:
         status, outcome = e.status, ("precondition-failed" if e.status == 412 else "rejected")
+        _log_refusal(request, e)
         response = _error_response(e)
+    except ClientDisconnect:  # the caller went away while sending: nothing to answer, not a 500
+        status, outcome = 499, "client-disconnected"
+        response = Response(status_code=499)
     except Exception as e:  # an engine or service bug: answer and audit it, log without PHI
         _log_unexpected(e, request.method, request.url.path)
         response = JSONResponse(operation_outcome(500, [INTERNAL_ERROR]), status_code=500)
@@ -236,8 +239,12 @@ async def call_service(request: Request) -> Response:
             cards=card_rows(evaluation.cards)[0] if evaluation else (),
             override_reasons=card_rows(evaluation.cards)[1] if evaluation else (),
         )
-        log.info("call service=%s hookInstance=%s status=%s outcome=%s cards=%d %.1fms", service.id, hook_instance,
-                 status, outcome, len(record.cards), duration_ms)
+        log.info("call service=%s hookInstance=%s status=%s outcome=%s cards=%d prefetch=%s fhir=%s missing=%s "
+                 "%.1fms", service.id, hook_instance, status, outcome, len(record.cards),
+                 *(",".join(records.get(s, ())) or "-" for s in ("prefetch", "fhir", "missing")), duration_ms,
+                 extra={"fields": {"event": "call", "service": service.id, "hookInstance": hook_instance,
+                                   "status": status, "outcome": outcome, "cards": len(record.cards),
+                                   "durationMs": round(duration_ms, 1), **{f"records_{s}": v for s, v in records.items()}}})
     st.audit.submit(record)
     return response
 
@@ -265,17 +272,23 @@ async def call_feedback(request: Request) -> Response:
 
 # --- request steps -------------------------------------------------------------------------------
 
-async def _authenticate(request: Request) -> None:
+async def _authenticate(request: Request) -> dict | None:
+    """The verified JWT claims (None in open mode). The audience is public_base_url + path, never
+    the Host header (config requires public_base_url with issuers)."""
     st = _state(request)
     if st.verifier is None:
-        return
-    base = st.config.public_base_url.rstrip("/") if st.config.public_base_url else \
-        f"{request.url.scheme}://{request.url.netloc}"
-    await st.verifier.verify(request.headers.get("authorization"), base + request.url.path)
+        return None
+    base = str(st.config.public_base_url).rstrip("/")
+    return await st.verifier.verify(request.headers.get("authorization"), base + request.url.path)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` (header or stream)."""
+    """The body, refused with 413 as soon as it is known to exceed `limit` (header or stream), with 408
+    when it is not received within body_read_timeout, and 415 unless it is declared JSON (a web page
+    can POST text/plain with no CORS preflight)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (media_type.startswith("application/") and media_type.endswith("+json")):
+        raise HttpError(415, "Content-Type must be application/json")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -283,10 +296,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise HttpError(413, f"request body larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HttpError(413, f"request body larger than {limit} bytes")
+    timeout = _state(request).config.body_read_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise HttpError(413, f"request body larger than {limit} bytes")
+    except TimeoutError:
+        raise HttpError(408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}) from None
     return bytes(body)
 
 
@@ -300,7 +318,15 @@ async def _http_error(request: Request, e: Exception) -> Response:
     assert isinstance(e, HttpError)
     if e.status >= 500:
         log.warning("%s %s -> %s", request.method, request.url.path, e.status)
+    _log_refusal(request, e)
     return _error_response(e)
+
+
+def _log_refusal(request: Request, e: HttpError) -> None:
+    """A 401 is logged with its reason (the messages of auth.py name no token, claim value or patient)."""
+    if e.status == 401:
+        log.warning("401 on %s %s: %s", request.method, request.url.path, e.message,
+                    extra={"fields": {"event": "unauthorized", "path": request.url.path, "reason": e.message}})
 
 
 async def _http_exception(request: Request, e: Exception) -> Response:

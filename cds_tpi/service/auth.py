@@ -9,6 +9,7 @@ reason; neither the token nor its claims are ever logged."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -63,10 +64,20 @@ class JtiStore:
             return True
         try:
             return self._shared(iss, jti, exp)
-        except Exception as e:  # the database being down must not stop clinical answers
+        except Exception as e:
+            # fail closed: a per-process check would let a replay through on another worker
             self.shared_failures += 1
-            log.warning("jti store unavailable (%s); replay check is per-process only", type(e).__name__)
-            return True
+            with self._lock:
+                self._seen.pop((iss, jti), None)
+            log.warning("jti store unavailable (%s); call refused with 503", type(e).__name__)
+            raise HttpError(503, "the token replay check is unavailable; retry later",
+                            headers={"Retry-After": "5"}) from None
+
+
+MAX_JTI_LENGTH = 256  # the jwt_jti column (storage.py)
+# One text for every reason a token's issuer or key is not accepted: an attacker learns nothing about
+# which issuers or kids exist (the log keeps the reason).
+UNTRUSTED = "not signed by a trusted issuer's key"
 
 
 @dataclass
@@ -74,6 +85,8 @@ class _KeySource:
     issuer: Issuer
     keys: dict[str, dict] = field(default_factory=dict)  # kid -> JWK
     fetched_at: float = 0.0
+    failed_at: float = -1e9  # last failed JWKS fetch (negative cache)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one JWKS fetch in flight per issuer
 
 
 class JwtVerifier:
@@ -112,7 +125,8 @@ class JwtVerifier:
         iss = claims.get("iss")
         source = self._sources.get(iss) if isinstance(iss, str) else None
         if source is None:
-            raise unauthorized("iss is not a trusted issuer")
+            log.info("401: iss is not a trusted issuer")
+            raise unauthorized(UNTRUSTED)
         key = await self._key(source, kid, alg)
         try:
             verified = jwt.decode(token, key, algorithms=[alg]).claims
@@ -121,6 +135,8 @@ class JwtVerifier:
         except JoseError as e:
             raise unauthorized(f"invalid token ({e.error})") from None
         self._check_claims(verified, iss, audience)
+        if not isinstance(verified["jti"], str) or len(verified["jti"]) > MAX_JTI_LENGTH:
+            raise unauthorized(f"jti must be a string of at most {MAX_JTI_LENGTH} characters")
         if not self.jti_store.claim(iss, verified["jti"], int(verified["exp"])):
             raise unauthorized("jti was already used (replay)")
         return verified
@@ -150,21 +166,35 @@ class JwtVerifier:
         if now - claims["iat"] > self.config.jwt_max_lifetime_seconds + self.config.jwt_leeway_seconds:
             raise unauthorized("iat is too old")
 
+    def issuer_of(self, claims: dict | None) -> Issuer | None:
+        """The configured issuer of verified claims."""
+        source = self._sources.get(claims.get("iss")) if claims else None
+        return source.issuer if source else None
+
+    def _needs_fetch(self, source: _KeySource, kid: str) -> bool:
+        now = time.monotonic()
+        if now - source.failed_at < _JWKS_MIN_REFRESH_SECONDS:
+            return False  # negative cache: a failing JWKS URL is not hammered by every call
+        stale = now - source.fetched_at
+        return stale > self.config.jwks_cache_seconds or (kid not in source.keys and stale > _JWKS_MIN_REFRESH_SECONDS)
+
     async def _key(self, source: _KeySource, kid: str, alg: str) -> jwk.Key:
-        jwk_dict = source.keys.get(kid)
-        stale = time.monotonic() - source.fetched_at
         url = source.issuer.jwks_url
-        if url and (stale > self.config.jwks_cache_seconds or (jwk_dict is None and stale > _JWKS_MIN_REFRESH_SECONDS)):
-            try:
-                source.keys = _parse_jwks(await self._http_get(url))
-                source.fetched_at = time.monotonic()
-            except Exception as e:
-                log.warning("JWKS of issuer %s unavailable: %s", source.issuer.iss, type(e).__name__)
-                if not source.keys:
-                    raise HttpError(503, "the issuer's JWK Set cannot be fetched now") from None
-            jwk_dict = source.keys.get(kid)
+        if url and self._needs_fetch(source, kid):
+            async with source.lock:  # one fetch in flight; the others wait for its result
+                if self._needs_fetch(source, kid):
+                    try:
+                        source.keys = _parse_jwks(await self._http_get(url))
+                        source.fetched_at = time.monotonic()
+                    except Exception as e:
+                        source.failed_at = time.monotonic()
+                        log.warning("JWKS of issuer %s unavailable: %s", source.issuer.iss, type(e).__name__)
+        jwk_dict = source.keys.get(kid)
+        if jwk_dict is None and url and not source.keys:
+            raise HttpError(503, "the issuer's JWK Set cannot be fetched now", headers={"Retry-After": "30"})
         if jwk_dict is None:
-            raise unauthorized("no key with this kid in the issuer's JWK Set")
+            log.info("401: no key with this kid in the issuer's JWK Set")
+            raise unauthorized(UNTRUSTED)
         if jwk_dict.get("kty") != _KTY_FOR_ALG[alg]:
             raise unauthorized(f"key type {jwk_dict.get('kty')!r} does not fit alg {alg}")
         try:

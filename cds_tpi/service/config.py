@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -42,12 +43,15 @@ class Issuer:
     iss: str
     jwks_url: str | None = None
     jwks_file: str | None = None
+    # FHIR base URLs this issuer's EHR may name as `fhirServer` (besides allowed_fhir_servers)
+    fhir_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.iss:
             raise InputError("issuer without 'iss'", "issuers")
         if bool(self.jwks_url) == bool(self.jwks_file):
             raise InputError(f"issuer {self.iss!r}: give exactly one of jwks_url, jwks_file", "issuers")
+        object.__setattr__(self, "fhir_servers", tuple(self.fhir_servers or ()))
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,22 @@ class ServiceConfig:
     fhir_read_timeout: float = 2.0
     fhir_total_timeout: float = 3.0  # budget for all FHIR fallback fetches of one call
     fhir_max_pages: int = 10  # searchset pages followed per prefetch key
-    allowed_origins: tuple[str, ...] = ("*",)
+    # SSRF guard (service/outbound.py): FHIR base URLs any caller may name as fhirServer (each issuer
+    # may add its own); open mode with none: loopback only. https only, except loopback or this flag.
+    allowed_fhir_servers: tuple[str, ...] = ()
+    fhir_allow_http: bool = False
+    fhir_max_connections_per_host: int = 8  # FHIR requests in flight per server, all calls together
+    fhir_max_bytes_per_call: int = 8 * 1024 * 1024  # all fallback fetches of one call, decompressed
+    fhir_max_entries_per_call: int = 10_000
+    # Host header values served; empty = public_base_url's host (required with issuers), or the
+    # loopback names and `host` in open mode
+    allowed_hosts: tuple[str, ...] = ()
+    body_read_timeout: float = 10.0  # seconds to receive a request body (slow clients)
+    limit_concurrency: int = 200  # uvicorn: connections + tasks per worker, then 503
+    timeout_keep_alive: int = 5  # uvicorn: seconds an idle keep-alive connection is kept
+    # CORS origins; None = "*" when issuers are configured (every call then needs a JWT), none in
+    # open mode (a web page must not drive an unauthenticated service)
+    allowed_origins: tuple[str, ...] | None = None
     jwt_leeway_seconds: int = 30
     jwt_max_lifetime_seconds: int = 3600  # bounds the jti replay store
     jwks_cache_seconds: int = 300
@@ -82,6 +101,40 @@ class ServiceConfig:
             raise InputError("must be >= 1", "workers")
         if self.fhir_max_pages < 1:
             raise InputError("must be >= 1", "fhir_max_pages")
+        for name in ("fhir_max_connections_per_host", "fhir_max_bytes_per_call", "fhir_max_entries_per_call",
+                     "limit_concurrency"):
+            if getattr(self, name) < 1:
+                raise InputError("must be >= 1", name)
+        if self.issuers and not self.public_base_url:
+            raise InputError("required when issuers are configured: the JWT aud is checked against it, "
+                             "never against the Host header", "public_base_url")
+        from cds_tpi.service.outbound import check_base_url  # noqa: PLC0415
+
+        for where, urls in [("allowed_fhir_servers", self.allowed_fhir_servers),
+                            *((f"issuers[{i.iss}].fhir_servers", i.fhir_servers) for i in self.issuers)]:
+            for url in urls:
+                try:
+                    check_base_url(url, self.fhir_allow_http)
+                except ValueError as e:
+                    raise InputError(str(e), where) from None
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """The CORS origins in effect (see allowed_origins)."""
+        if self.allowed_origins is not None:
+            return self.allowed_origins
+        return ("*",) if self.issuers else ()
+
+    @property
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """Host header values served (see allowed_hosts)."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        if self.public_base_url:
+            return (urlsplit(self.public_base_url).hostname or "",)
+        if not is_loopback(self.host):  # open and public (--allow-unauthenticated): anyone may call anyway
+            return ("*",)
+        return ("127.0.0.1", "localhost", "::1")  # a DNS-rebinding web page sends its own name
 
     @property
     def auth_enabled(self) -> bool:
@@ -122,11 +175,13 @@ def from_mapping(data: dict[str, Any], location: str = "config") -> ServiceConfi
         if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
             raise InputError("issuers must be a list of mappings", location)
         try:
-            values["issuers"] = tuple(Issuer(**i) for i in raw)
+            values["issuers"] = tuple(Issuer(**{k: tuple(v) if k == "fhir_servers" and isinstance(v, list) else v
+                                                for k, v in i.items()}) for i in raw)
         except TypeError as e:
             raise InputError(f"issuers: {e}", location) from e
-    if "allowed_origins" in values:
-        values["allowed_origins"] = tuple(values["allowed_origins"] or ())
+    for name in ("allowed_origins", "allowed_fhir_servers", "allowed_hosts"):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
     try:
         return ServiceConfig(**values)
     except TypeError as e:

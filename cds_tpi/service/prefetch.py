@@ -4,11 +4,20 @@ Per CDS Hooks 2.0: a missing key = not fetched by the EHR (fetch it); null = no 
 OperationOutcome value = the EHR failed to get it (treat as missing). Searchset `next` links are
 followed with bounds. Required keys that cannot be had give 412; optional ones become `gaps`
 (notes for the engine's missing-data card). Nothing here logs or returns a URL: they hold the
-patient id."""
+patient id.
+
+Security (issue 10): fetches go only to allowed FHIR servers at checked addresses (outbound.py); one
+budget of bytes (decompressed) and entries per call across all keys and pages; a bounded number of
+requests in flight per FHIR server; the reasons given to the caller are generic (a caller must not
+learn what listens on a port), the details go to the log without URLs. The keys are fetched
+concurrently within the call's one time budget; each key's reason is its own (a key that timed out
+says so, the keys that were answered are used)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +26,20 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 import orjson
 
-from cds_tpi.service.config import ServiceConfig
+from cds_tpi.service.config import Issuer, ServiceConfig
 from cds_tpi.service.discovery import PREFETCH, PrefetchKey
 from cds_tpi.service.hooks import HookCall
+from cds_tpi.service.outbound import FhirClient, allowed_fhir_base
 from cds_tpi.service.outcomes import HttpError
 
 FHIR_JSON = "application/fhir+json"
+log = logging.getLogger(__name__)
+
+# What the caller is told (the log has the detail)
+NOT_FETCHED = "could not be fetched from the FHIR server"
+TIMED_OUT = "FHIR server timed out"
+TOO_LARGE = "FHIR data too large for this service's limits"
+NOT_ALLOWED = "fhirServer is not an allowed FHIR server for this service"
 
 
 class FetchFailed(Exception):
@@ -38,11 +55,18 @@ class Prefetched:
     fetched: tuple[str, ...]  # keys fetched (wholly or further pages) from the FHIR server
 
 
-def new_client(config: ServiceConfig) -> httpx.AsyncClient:
-    """The shared FHIR client: short timeouts, no redirects (a redirect could leave the FHIR host)."""
-    timeout = httpx.Timeout(config.fhir_read_timeout, connect=config.fhir_connect_timeout)
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False,
-                             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+def new_client(config: ServiceConfig) -> FhirClient:
+    """The shared FHIR client: short timeouts, no redirects (a redirect could leave the FHIR host),
+    checked addresses, per-host limits (outbound.py)."""
+    return FhirClient(connect_timeout=config.fhir_connect_timeout, read_timeout=config.fhir_read_timeout,
+                      per_host=config.fhir_max_connections_per_host)
+
+
+def fetch_refusal(fhir_server: str, config: ServiceConfig, issuer: Issuer | None) -> str | None:
+    """Why the service will not fetch from `fhir_server` for a caller of `issuer`, or None."""
+    bases = (*config.allowed_fhir_servers, *(issuer.fhir_servers if issuer else ()))
+    return allowed_fhir_base(fhir_server, bases, allow_http=config.fhir_allow_http,
+                             open_loopback=not config.auth_enabled and not config.allowed_fhir_servers)
 
 
 def render(template: str, patient_id: str) -> str:
@@ -50,14 +74,14 @@ def render(template: str, patient_id: str) -> str:
     return template.replace("{{context.patientId}}", quote(patient_id, safe=""))
 
 
-async def complete_prefetch(call: HookCall, client: httpx.AsyncClient, config: ServiceConfig,
-                            keys: Sequence[PrefetchKey] | None = None) -> Prefetched:
+async def complete_prefetch(call: HookCall, client: FhirClient, config: ServiceConfig,
+                            keys: Sequence[PrefetchKey] | None = None, issuer: Issuer | None = None) -> Prefetched:
     """Fill the prefetch keys we need (`keys`: the templates discovery advertises; default, those of
     the bundled rules); raises HttpError(412) when required data cannot be had."""
     keys = PREFETCH if keys is None else keys
     given = call.request.get("prefetch") or {}
     deadline = asyncio.get_running_loop().time() + config.fhir_total_timeout
-    fetcher = _Fetcher(call, client, config, deadline)
+    fetcher = _Fetcher(call, client, config, deadline, issuer)
     results = await asyncio.gather(*(fetcher.resolve(key, given) for key in keys))
     prefetch = {k: v for k, v in given.items() if k not in {p.key for p in keys}}  # foreign keys pass through
     gaps: list[str] = []
@@ -79,15 +103,21 @@ async def complete_prefetch(call: HookCall, client: httpx.AsyncClient, config: S
 
 
 class _Fetcher:
-    def __init__(self, call: HookCall, client: httpx.AsyncClient, config: ServiceConfig, deadline: float):
+    def __init__(self, call: HookCall, client: FhirClient, config: ServiceConfig, deadline: float,
+                 issuer: Issuer | None = None):
         self.call = call
         self.client = client
         self.config = config
         self.deadline = deadline
-        self.headers = {"Accept": FHIR_JSON}
+        # identity: a gzip bomb is not decoded; a server that compresses anyway is decoded within the budget
+        self.headers = {"Accept": FHIR_JSON, "Accept-Encoding": "identity"}
         if call.access_token:
             self.headers["Authorization"] = f"Bearer {call.access_token}"
         self.origin = _origin(call.fhir_server) if call.fhir_server else None
+        self.base_path = urlsplit(call.fhir_server).path.rstrip("/") if call.fhir_server else ""
+        self.refusal = fetch_refusal(call.fhir_server, config, issuer) if call.fhir_server else None
+        self.bytes_left = config.fhir_max_bytes_per_call  # shared by every key and page of this call
+        self.entries_left = config.fhir_max_entries_per_call
 
     async def resolve(self, key: PrefetchKey, given: dict) -> tuple[str, Any]:
         """("given" | "fetched", value) or ("failed", reason)."""
@@ -95,7 +125,9 @@ class _Fetcher:
             async with asyncio.timeout_at(self.deadline):
                 return await self._resolve(key, given)
         except TimeoutError:
-            return "failed", "FHIR server timed out"
+            log.info("FHIR fetch of prefetch key %s: the call's %.1f s budget ran out", key.key,
+                     self.config.fhir_total_timeout)
+            return "failed", TIMED_OUT
         except FetchFailed as e:
             return "failed", str(e)
 
@@ -122,14 +154,18 @@ class _Fetcher:
     def _require_server(self, why: str) -> None:
         if not self.call.fhir_server:
             raise FetchFailed(why)
+        if self.refusal is not None:
+            log.warning("FHIR fetch refused: fhirServer %s", self.refusal)
+            raise FetchFailed(NOT_ALLOWED)
 
     async def _pages(self, bundle: dict, pages: int) -> dict:
         entries = list(_entries(bundle))
         seen: set[str] = set()
         while (link := _next_link(bundle)) is not None:
             url = urljoin(self.call.fhir_server + "/", link)
-            if _origin(url) != self.origin:
-                raise FetchFailed("a next link pointed to another host; not followed")
+            path = urlsplit(url).path
+            if _origin(url) != self.origin or not (path == self.base_path or path.startswith(self.base_path + "/")):
+                raise FetchFailed("a next link pointed to another host or outside fhirServer; not followed")
             if url in seen:
                 raise FetchFailed("the FHIR server's next links loop")
             if pages >= self.config.fhir_max_pages:
@@ -137,36 +173,69 @@ class _Fetcher:
             seen.add(url)
             bundle = await self._get(url, "Bundle")
             entries += _entries(bundle)
+            self._count_entries(bundle)
             pages += 1
         merged: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if entries:
             merged["entry"] = entries
         return merged
 
+    def _count_entries(self, bundle: dict) -> None:
+        self.entries_left -= len(_entries(bundle))
+        if self.entries_left < 0:
+            log.warning("FHIR fetch stopped: more than %d entries in one call", self.config.fhir_max_entries_per_call)
+            raise FetchFailed(TOO_LARGE)
+
+    def _failed(self, detail: str, reason: str = NOT_FETCHED) -> FetchFailed:
+        log.warning("FHIR fetch failed: %s", detail)  # no URL: it holds the patient id
+        return FetchFailed(reason)
+
     async def _get(self, url: str, resource_type: str) -> dict:
-        limit = self.config.max_body_bytes * 2
         try:
-            async with self.client.stream("GET", url, headers=self.headers) as response:
+            async with self.client.host_slot(url), self.client.stream("GET", url, headers=self.headers) as response:
                 if response.status_code != 200:
-                    raise FetchFailed(_status_reason(response.status_code))
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise FetchFailed("FHIR server response too large")
+                    raise self._failed(f"HTTP {response.status_code}", _status_reason(response.status_code))
+                body = await self._read(response)
         except httpx.TimeoutException:
-            raise FetchFailed("FHIR server timed out") from None
+            raise self._failed("timeout", TIMED_OUT) from None
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
-            raise FetchFailed(f"FHIR server unreachable ({type(e).__name__})") from None
+            raise self._failed(f"unreachable ({type(e).__name__}: {e})") from None
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise FetchFailed("FHIR server sent invalid JSON") from None
+            raise self._failed("invalid JSON") from None
         if not isinstance(data, dict) or data.get("resourceType") != resource_type:
-            raise FetchFailed(f"FHIR server sent something other than a {resource_type}")
+            raise self._failed(f"something other than a {resource_type}")
         if resource_type == "Bundle" and not isinstance(data.get("entry", []), list):
-            raise FetchFailed("FHIR server sent a malformed Bundle")
+            raise self._failed("a malformed Bundle")
+        if resource_type == "Bundle":
+            self._count_entries(data)
         return data
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """The body within the call's byte budget, counted after decompression (gzip/deflate decoded
+        here in bounded steps; other encodings refused)."""
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+            raise self._failed(f"content-encoding {encoding[:20]!r}")
+        decoder = zlib.decompressobj(47) if encoding not in ("identity", "") else None  # 47: gzip or zlib header
+        body = bytearray()
+        async for chunk in response.aiter_raw():
+            while chunk:
+                if decoder is None:
+                    piece, chunk = chunk, b""
+                else:
+                    try:
+                        piece = decoder.decompress(chunk, self.bytes_left + 1)
+                    except zlib.error:
+                        raise self._failed("undecodable compressed body") from None
+                    chunk = decoder.unconsumed_tail
+                self.bytes_left -= len(piece)
+                if self.bytes_left < 0:
+                    raise self._failed(f"over the call's budget of {self.config.fhir_max_bytes_per_call} bytes",
+                                       TOO_LARGE)
+                body += piece
+        return bytes(body)
 
 
 def _status_reason(status: int) -> str:
@@ -174,13 +243,14 @@ def _status_reason(status: int) -> str:
         return f"FHIR server refused access (HTTP {status})"
     if status == 404:
         return "not found on the FHIR server"
-    return f"FHIR server answered HTTP {status}"
+    return NOT_FETCHED
 
 
 def _next_link(bundle: dict) -> str | None:
     if bundle.get("resourceType") != "Bundle":
         return None
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None

@@ -223,6 +223,9 @@ def start_service(tmp_path) -> Callable[..., LiveService]:
 
     def start(evaluator: Any, *, storage: Storage | None = None, port: int | None = None, **config: Any) -> LiveService:
         config.setdefault("database_url", f"sqlite:///{tmp_path}/service-{len(servers)}.sqlite3")
+        if config.get("issuers") and not config.get("public_base_url"):  # required with issuers: the JWT aud
+            port = port or free_port()
+            config["public_base_url"] = f"http://127.0.0.1:{port}"
         cfg = ServiceConfig(**config)
         store = storage or Storage(cfg.database_url)
         app = create_app(cfg, evaluator=evaluator, storage=store)

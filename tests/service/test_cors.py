@@ -27,7 +27,7 @@ def test_a_401_lets_the_page_read_www_authenticate(start_service, fake_evaluator
 
 
 def test_an_unexpected_500_carries_cors_headers(start_service, fake_evaluator):
-    service = start_service(fake_evaluator)
+    service = start_service(fake_evaluator, allowed_origins=("*",))  # open mode: no CORS origin unless configured
     audit = service.state.audit
     service.state.audit = None  # /health now fails outside any handler: CatchAll answers
     try:
@@ -42,7 +42,7 @@ def test_an_unexpected_500_carries_cors_headers(start_service, fake_evaluator):
 
 
 def test_discovery_with_a_trailing_slash_is_served_not_redirected(start_service, fake_evaluator):
-    service = start_service(fake_evaluator)
+    service = start_service(fake_evaluator, allowed_origins=("*",))  # open mode: no CORS origin unless configured
     plain = service.get("/cds-services", headers=ORIGIN)
     slash = service.get("/cds-services/", headers=ORIGIN, follow_redirects=False)
     assert slash.status_code == 200 and slash.json() == plain.json()

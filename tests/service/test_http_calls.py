@@ -231,7 +231,8 @@ def test_engine_failure_is_an_operation_outcome_not_a_traceback(start_service, f
     assert r.json()["resourceType"] == "OperationOutcome" and PATIENT_ID not in r.text
 
 
-def test_cors_preflight_and_headers(service):
+def test_cors_preflight_and_headers(start_service, evaluator):
+    service = start_service(evaluator, allowed_origins=("*",))  # open mode allows no origin by default (issue 10)
     r = httpx.options(service.url + "/cds-services/tpi-order-sign", headers={
         "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type"})

@@ -30,7 +30,7 @@ from cds_tpi.service.config import ServiceConfig
 from cds_tpi.service.hooks import FHIR_SERVER_PATTERN
 from cds_tpi.service.openapi import openapi_document
 from cds_tpi.service.storage import Storage
-from conftest import ThreadServer, issuer_for
+from conftest import ThreadServer, free_port, issuer_for
 from tests.cdshooks import assert_cds_response
 
 LONG = os.environ.get("CDS_TPI_FUZZ") == "long"
@@ -50,10 +50,15 @@ OPERATIONS = [f"{method.upper()} {path}" for path, ops in openapi_document()["pa
 
 
 def _start(tmp_path_factory, evaluator, **config):
+    port = free_port()
+    if config.get("issuers"):  # the JWT aud: required with issuers
+        config["public_base_url"] = f"http://127.0.0.1:{port}"
     config = ServiceConfig(database_url=f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/fuzz.sqlite3",
                            fhir_read_timeout=0.5, fhir_connect_timeout=0.5, fhir_total_timeout=1.5, **config)
     store = Storage(config.database_url)
-    server = ThreadServer(create_app(config, evaluator=evaluator, storage=store)).start()
+    server = ThreadServer(create_app(config, evaluator=evaluator, storage=store))
+    server.port = server.server.config.port = port
+    server.start()
     return server, store
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
+from pathlib import Path
 import copy
 import time
 
 import httpx
 import pytest
 
-from conftest import PATIENT_ID, FakeEvaluator, hook_request
+from conftest import PATIENT_ID, FakeEvaluator, free_port, hook_request
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,3 +140,402 @@ def test_markdown_escape_units():
     assert markdown_escape("vbscript:x") == "(link removed) x"
     assert markdown_escape("x" * 1000).endswith("…") and len(markdown_escape("x" * 1000)) == 300
     assert plain_text("a\\*b &lt;c&gt;\n\td") == "a*b <c> d"
+
+
+# --- a FHIR stub for the outbound attacks ----------------------------------------------------------
+
+class Stub:
+    """A loopback FHIR server: base `{url}/{mode}`; records every request it gets.
+    modes: ok; slowobs / slowallergy (that search sleeps 10 s); slow (everything sleeps 10 s);
+    gzipbomb (Observation: 20 MB of zeros gzip-compressed to ~20 KB, sent although identity was asked);
+    manyentries (Observation: 3,000 entries)."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import gzip
+
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        from conftest import ThreadServer, patient_resources
+
+        self.requests: list[tuple[str, dict]] = []
+        resources = patient_resources()
+        bomb = gzip.compress(b'{"resourceType":"Bundle","type":"searchset","entry":[]' + b" " * 20_000_000 + b"}", 9)
+
+        async def handle(request):
+            mode, rest = request.path_params["mode"], request.path_params["rest"]
+            self.requests.append((f"/{mode}/{rest}", dict(request.headers)))
+            resource_type = rest.split("/")[0]
+            if mode == "slow" or (mode == "slowobs" and resource_type == "Observation") or (
+                    mode == "slowallergy" and resource_type == "AllergyIntolerance"):
+                await asyncio.sleep(10)
+            if mode == "gzipbomb" and resource_type == "Observation":
+                return Response(bomb, media_type="application/fhir+json", headers={"Content-Encoding": "gzip"})
+            if "/" in rest:
+                found = next((r for r in resources.values() if r["resourceType"] == resource_type), None)
+                return JSONResponse(found) if found else JSONResponse({"resourceType": "OperationOutcome"}, 404)
+            matches = [r for r in resources.values() if r["resourceType"] == resource_type]
+            if mode == "manyentries" and resource_type == "Observation":
+                matches = [{**matches[0], "id": f"obs-{i}"} for i in range(3000)] if matches else []
+            bundle = {"resourceType": "Bundle", "type": "searchset"}
+            if matches:
+                bundle["entry"] = [{"resource": m} for m in matches]
+            return JSONResponse(bundle)
+
+        self.server = ThreadServer(Starlette(routes=[Route("/{mode}/{rest:path}", handle)])).start()
+        self.port = self.server.port
+
+    def base(self, mode: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}/{mode}"
+
+    def stop(self) -> None:
+        self.server.server.force_exit = True
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def stub():
+    s = Stub()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def stub_b():
+    s = Stub()
+    yield s
+    s.stop()
+
+
+AUTH = {"access_token": "secret-ehr-token", "token_type": "Bearer", "expires_in": 300,
+        "scope": "patient/*.read", "subject": "cds-tpi"}
+
+
+def fallback_request(base: str, *, keep: tuple[str, ...] = ()) -> dict:
+    """An order-sign request whose prefetch (except `keep`) must be fetched from `base`."""
+    request = hook_request("order-sign")
+    request["prefetch"] = {k: v for k, v in request["prefetch"].items() if k in keep}
+    return {**request, "fhirServer": base, "fhirAuthorization": AUTH}
+
+
+def _diagnostics(r) -> list[str]:
+    return [i["diagnostics"] for i in r.json()["issue"]]
+
+
+def _missing(r) -> str:
+    return " ".join(c.get("detail", "") for c in r.json()["cards"] if c["source"]["topic"]["code"] == "missing-data")
+
+
+# --- 3. SSRF: fhirServer is no longer an open proxy ------------------------------------------------
+
+def test_only_allowed_fhir_servers_are_fetched_from(start_service, evaluator, stub):
+    service = start_service(evaluator, allowed_fhir_servers=(stub.base("ok"),))
+    assert service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("ok"))).status_code == 200
+    before = len(stub.requests)
+    for target in (stub.base("admin"),                              # same host, another path
+                   stub.base("ok/../admin"),                        # dot segments
+                   f"http://127.0.0.1:{free_port()}/ok",            # another port: no port scanning
+                   f"http://2130706433:{stub.port}/ok",             # decimal IP
+                   f"http://localhost:{stub.port}/ok",              # another name for the host
+                   "http://169.254.169.254/latest/meta-data",       # cloud metadata
+                   "https://attacker.example/fhir"):
+        r = service.post("/cds-services/tpi-order-sign", fallback_request(target))
+        assert r.status_code == 412, (target, r.text)
+        assert all("not an allowed FHIR server" in d for d in _diagnostics(r)), (target, _diagnostics(r))
+    assert len(stub.requests) == before  # nothing was sent, least of all the EHR's token
+
+
+def test_open_mode_fetches_from_loopback_only_by_default(start_service, evaluator, stub):
+    service = start_service(evaluator)
+    assert service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("ok"))).status_code == 200
+    for target in ("http://10.0.0.1/fhir", "http://fhir.example.org/fhir", "https://fhir.example.org/fhir"):
+        r = service.post("/cds-services/tpi-order-sign", fallback_request(target))
+        assert r.status_code == 412 and "not an allowed FHIR server" in r.text, target
+
+
+def test_an_issuer_fetches_only_from_its_own_fhir_servers(start_service, evaluator, stub, stub_b, signer):
+    from cds_tpi.service.config import Issuer
+
+    issuer = Issuer(iss="https://ehr.example.org", jwks_file=str(signer.jwks_file), fhir_servers=(stub.base("ok"),))
+    service = start_service(evaluator, issuers=(issuer,))
+    url = service.url + "/cds-services/tpi-order-sign"
+
+    def call(base):
+        return service.post("/cds-services/tpi-order-sign", fallback_request(base),
+                            headers={"Authorization": f"Bearer {signer.token(url)}"})
+
+    assert call(stub.base("ok")).status_code == 200
+    before = len(stub_b.requests)
+    r = call(stub_b.base("ok"))  # loopback, but not this issuer's: open-mode defaults do not apply
+    assert r.status_code == 412 and "not an allowed FHIR server" in r.text
+    assert len(stub_b.requests) == before
+
+
+def test_addresses_are_checked_when_connecting(start_service, evaluator, stub):
+    """0.0.0.0 reaches local listeners on Linux: an allowed entry naming it still gets no connection."""
+    service = start_service(evaluator, allowed_fhir_servers=(f"http://0.0.0.0:{stub.port}/ok",), fhir_allow_http=True)
+    before = len(stub.requests)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(f"http://0.0.0.0:{stub.port}/ok"))
+    assert r.status_code == 412 and "could not be fetched" in r.text
+    assert len(stub.requests) == before
+
+
+def test_address_policy_units():
+    from cds_tpi.service.outbound import address_refusal
+
+    assert address_refusal("169.254.169.254", "metadata.example") == "a link-local address"
+    assert address_refusal("127.0.0.1", "evil.example") is not None   # DNS pointing a name at loopback
+    assert address_refusal("::ffff:127.0.0.1", "evil.example") is not None
+    assert address_refusal("0.0.0.0", "x.example") == "an unspecified address"
+    assert address_refusal("224.0.0.1", "x.example") == "a multicast address"
+    assert address_refusal("127.0.0.1", "localhost") is None
+    assert address_refusal("10.1.2.3", "fhir.hospital.example") is None  # intranet FHIR servers are normal
+
+
+def test_https_only_except_loopback_or_the_flag():
+    from cds_tpi.errors import InputError
+    from cds_tpi.service.config import ServiceConfig
+
+    with pytest.raises(InputError, match="http is allowed only for loopback"):
+        ServiceConfig(allowed_fhir_servers=("http://fhir.example.org/r4",))
+    assert ServiceConfig(allowed_fhir_servers=("http://fhir.example.org/r4",), fhir_allow_http=True)
+    assert ServiceConfig(allowed_fhir_servers=("http://127.0.0.1:9/r4", "https://fhir.example.org/r4"))
+
+
+@pytest.mark.parametrize("patient_id", ["..", ".", "...", ""])
+def test_path_segment_patient_ids_are_refused_before_any_fetch(start_service, evaluator, stub, patient_id):
+    service = start_service(evaluator)
+    before = len(stub.requests)
+    request = fallback_request(stub.base("ok"))
+    request["context"]["patientId"] = patient_id
+    r = service.post("/cds-services/tpi-order-sign", request)
+    assert r.status_code == 400 and "context.patientId" in r.text
+    assert len(stub.requests) == before
+
+
+def test_412_texts_do_not_map_ports(start_service, evaluator):
+    """A closed port and a port answering garbage read the same to the caller."""
+    service = start_service(evaluator, fhir_total_timeout=2.0)
+    closed = service.post("/cds-services/tpi-order-sign", fallback_request(f"http://127.0.0.1:{free_port()}/fhir"))
+    assert closed.status_code == 412
+    for d in _diagnostics(closed):
+        assert "unreachable" not in d and "Error" not in d and "could not be fetched from the FHIR server" in d
+
+
+# --- 5. memory amplification -----------------------------------------------------------------------
+
+def test_a_gzip_bomb_is_not_decoded_beyond_the_budget(start_service, evaluator, stub):
+    service = start_service(evaluator, fhir_max_bytes_per_call=2_000_000)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("gzipbomb")))
+    assert r.status_code == 200, r.text  # observations are optional: a missing-data card says why
+    assert "too large" in _missing(r)
+    assert stub.requests[-1][1].get("accept-encoding") == "identity"
+
+
+def test_entries_are_budgeted_per_call(start_service, evaluator, stub):
+    service = start_service(evaluator, fhir_max_entries_per_call=1000)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("manyentries")))
+    assert r.status_code == 200 and "too large" in _missing(r)
+    ok = start_service(evaluator).post("/cds-services/tpi-order-sign", fallback_request(stub.base("manyentries")))
+    assert ok.status_code == 200 and "too large" not in _missing(ok)
+
+
+# --- 6. one shared outbound pool / issue 9 item 12: concurrent fetches, the key that timed out -------------
+
+def test_callers_of_a_slow_fhir_server_do_not_starve_another(start_service, fake_evaluator, stub, stub_b):
+    service = start_service(fake_evaluator, fhir_total_timeout=3.0, fhir_read_timeout=3.0,
+                            fhir_max_connections_per_host=4)
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        slow = [pool.submit(service.post, "/cds-services/tpi-order-sign", fallback_request(stub.base("slow")))
+                for _ in range(40)]
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        good = service.post("/cds-services/tpi-order-sign", fallback_request(stub_b.base("ok")))
+        good_seconds = time.monotonic() - t0
+        assert all(f.result().status_code == 412 for f in slow)
+    assert good.status_code == 200, good.text
+    assert good_seconds < 1.5
+
+
+def test_keys_are_fetched_concurrently_and_a_timeout_names_its_own_key(start_service, evaluator, stub):
+    service = start_service(evaluator, fhir_total_timeout=1.5, fhir_read_timeout=5.0)
+    t0 = time.monotonic()
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("slowobs")))
+    seconds = time.monotonic() - t0
+    assert r.status_code == 200, r.text  # the six keys answered are used
+    missing = _missing(r)
+    assert "timed out" in missing and missing.count("timed out") == 1
+    assert seconds < 3.0  # one budget for all keys, not one per key
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("slowallergy")))
+    assert r.status_code == 412
+    assert _diagnostics(r) == ["required prefetch 'allergies' (allergies): FHIR server timed out"]
+
+
+# --- 7. slow clients ---------------------------------------------------------------------------------
+
+def test_a_body_that_never_arrives_gets_408_and_discovery_still_answers(start_service, fake_evaluator):
+    import socket
+
+    service = start_service(fake_evaluator, body_read_timeout=1.0)
+    sockets = []
+    try:
+        for _ in range(20):  # half-open calls: headers promise 1000 bytes that never come
+            s = socket.create_connection(("127.0.0.1", int(service.url.rsplit(":", 1)[1])), timeout=5)
+            s.sendall(b"POST /cds-services/tpi-order-sign HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            sockets.append(s)
+        t0 = time.monotonic()
+        assert service.get("/cds-services").status_code == 200
+        assert time.monotonic() - t0 < 0.5
+        answer = sockets[0].recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_serve_passes_the_connection_limits_to_uvicorn(tmp_path):
+    from cds_tpi.service.config import from_mapping
+
+    config = from_mapping({"limit_concurrency": 50, "timeout_keep_alive": 3})
+    assert (config.limit_concurrency, config.timeout_keep_alive) == (50, 3)
+    source = (Path(__file__).parents[2] / "cds_tpi" / "cli" / "serve.py").read_text()
+    assert "limit_concurrency=config.limit_concurrency" in source and "timeout_keep_alive=config.timeout_keep_alive" in source
+
+
+# --- 8. aud from the Host header / trusted hosts --------------------------------------------------
+
+def test_issuers_require_public_base_url():
+    from cds_tpi.errors import InputError
+    from cds_tpi.service.config import Issuer, ServiceConfig
+
+    with pytest.raises(InputError, match="public_base_url"):
+        ServiceConfig(issuers=(Issuer(iss="https://ehr.example.org", jwks_file="k.json"),))
+
+
+def test_a_token_for_another_service_sent_with_its_host_is_refused(start_service, fake_evaluator, signer):
+    from conftest import issuer_for
+
+    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    other = "http://other-cds.example.org/cds-services/tpi-order-sign"  # minted for another CDS service
+    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
+                     headers={"Authorization": f"Bearer {signer.token(other)}", "Host": "other-cds.example.org"})
+    assert r.status_code == 400 and "host" in r.text.lower()  # untrusted Host
+    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
+                     headers={"Authorization": f"Bearer {signer.token(other)}"})
+    assert r.status_code == 401 and "aud" in r.text
+
+
+def test_a_dns_rebinding_host_is_refused_in_open_mode(start_service, fake_evaluator):
+    service = start_service(fake_evaluator)
+    assert service.get("/cds-services", headers={"Host": "attacker.example"}).status_code == 400
+    assert service.get("/cds-services", headers={"Host": "localhost"}).status_code == 200
+
+
+# --- 9. the low ones ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None])
+def test_a_post_that_is_not_json_is_415(start_service, fake_evaluator, content_type):
+    service = start_service(fake_evaluator)
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = httpx.post(service.url + "/cds-services/tpi-order-sign", content=json.dumps(hook_request("order-sign")),
+                   headers=headers, timeout=15)
+    assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome"
+    assert not fake_evaluator.requests
+
+
+def test_open_mode_allows_no_cors_origin_by_default(start_service, fake_evaluator):
+    service = start_service(fake_evaluator)
+    r = httpx.options(service.url + "/cds-services/tpi-order-sign", timeout=15, headers={
+        "Origin": "https://attacker.example", "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+
+
+def test_a_numeric_bundle_link_is_not_a_500(start_service, evaluator):
+    service = start_service(evaluator)
+    request = hook_request("order-sign")
+    request["prefetch"]["conditions"]["link"] = 5
+    r = service.post("/cds-services/tpi-order-sign", request)
+    assert r.status_code in (200, 400, 412), r.text
+
+
+def test_a_replay_check_that_cannot_reach_the_database_fails_closed(start_service, fake_evaluator, signer):
+    from conftest import issuer_for
+
+    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    url = service.url + "/cds-services/tpi-order-sign"
+
+    def broken(*args):
+        raise RuntimeError("database down")
+
+    service.state.verifier.jti_store._shared = broken
+    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
+                     headers={"Authorization": f"Bearer {signer.token(url)}"})
+    assert r.status_code == 503 and r.headers["retry-after"]
+
+
+def test_an_overlong_jti_is_refused(start_service, fake_evaluator, signer):
+    from conftest import issuer_for
+
+    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    url = service.url + "/cds-services/tpi-order-sign"
+    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
+                     headers={"Authorization": f"Bearer {signer.token(url, jti='j' * 300)}"})
+    assert r.status_code == 401 and "jti" in r.text
+
+
+def test_untrusted_issuer_and_unknown_kid_read_the_same(start_service, fake_evaluator, signer):
+    from conftest import issuer_for
+
+    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    url = service.url + "/cds-services/tpi-order-sign"
+    texts = []
+    for token in (signer.token(url, iss="https://untrusted.example"), signer.token(url, header={"kid": "nope"})):
+        r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"), headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401
+        texts.append(r.json()["issue"][0]["diagnostics"])
+    assert texts[0] == texts[1]
+
+
+def test_a_failing_jwks_url_is_fetched_once_not_per_call(start_service, fake_evaluator, signer):
+    from cds_tpi.service.config import Issuer
+
+    service = start_service(fake_evaluator, issuers=(Issuer(iss="https://ehr.example.org",
+                                                            jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json"),))
+    fetches = []
+    verifier = service.state.verifier
+
+    async def failing_get(url):
+        fetches.append(url)
+        raise OSError("refused")
+
+    verifier._http_get = failing_get
+    url = service.url + "/cds-services/tpi-order-sign"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: service.post(
+            "/cds-services/tpi-order-sign", hook_request("order-sign"),
+            headers={"Authorization": f"Bearer {signer.token(url)}"}).status_code, range(16)))
+    assert set(answers) == {503}
+    assert len(fetches) == 1
+
+
+def test_a_client_that_disconnects_is_not_audited_as_a_500(start_service, fake_evaluator):
+    import socket
+
+    service = start_service(fake_evaluator)
+    s = socket.create_connection(("127.0.0.1", int(service.url.rsplit(":", 1)[1])), timeout=5)
+    s.sendall(b"POST /cds-services/tpi-order-sign HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    time.sleep(0.2)
+    s.close()
+    import sqlalchemy as sa
+
+    deadline = time.monotonic() + 5
+    rows = []
+    while time.monotonic() < deadline and not rows:
+        time.sleep(0.2)
+        with service.storage.engine.connect() as conn:
+            rows = conn.execute(sa.text("select status, outcome from audit")).all()
+    assert [tuple(r) for r in rows] == [(499, "client-disconnected")]
