@@ -16,27 +16,29 @@ class InjectateVocabulary:
     """The agents the rules recognise in an injectate, by value set title."""
 
     valuesets: tuple[str, ...]              # value set ids (records.yaml injectate_valuesets)
-    agents: dict[str, tuple[str, ...]]      # value set title -> sorted lower-case names
+    agents: dict[str, tuple[str, ...]]      # value set title -> its text patterns (the agents' names), sorted
+    displays: tuple[str, ...] = ()          # displays of the sets' coded concepts (products), for spellings
 
     def all_names(self) -> list[str]:
-        return sorted({n for names in self.agents.values() for n in names})
+        return sorted({n for names in self.agents.values() for n in names} | set(self.displays))
 
 
 def vocabulary(book) -> InjectateVocabulary:
-    """Names of the injectate value sets: text patterns (expanded through includes) and the displays
-    of their coded concepts."""
+    """Names of the injectate value sets: text patterns (expanded through includes), listed to the
+    user, and the displays of their coded concepts, used for close spellings only."""
     term, policy = book.terminology, book.records
     ids = tuple(policy.injectate_valuesets) if policy is not None else ()
     agents: dict[str, tuple[str, ...]] = {}
+    displays: set[str] = set()
     for vid in ids:
         codes, texts = term.expanded.get(vid, (set(), []))
-        names = {t.strip().lower() for t in texts if t.strip()}
+        agents[term.defs[vid].title if vid in term.defs else vid] = tuple(sorted({t.strip().lower() for t in texts
+                                                                                  if t.strip()}))
         for d in term.defs.values():
             for system, code, display in getattr(d, "displays", ()):
                 if (system, code) in codes and display:
-                    names.add(display.strip().lower())
-        agents[term.defs[vid].title if vid in term.defs else vid] = tuple(sorted(names))
-    return InjectateVocabulary(ids, agents)
+                    displays.add(display.strip().lower())
+    return InjectateVocabulary(ids, agents, tuple(sorted(displays)))
 
 
 def is_known(name: str, book, vocab: InjectateVocabulary) -> bool:
