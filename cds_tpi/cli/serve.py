@@ -57,7 +57,10 @@ def require_service_extra() -> None:
               help="Allow a non-loopback --host without JWT issuers (not for production).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
               envvar="CDS_TPI_LOG_LEVEL", show_envvar=True)
-def serve(host, port, workers, config_file, database_url, allow_unauthenticated, log_level) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="CDS_TPI_LOG_FORMAT", show_envvar=True,
+              help="json: one JSON object per log line (time, level, logger, message and the call's fields).")
+def serve(host, port, workers, config_file, database_url, allow_unauthenticated, log_level, log_format) -> None:
     """Serve the CDS Hooks 2.0 endpoints (discovery, 4 services, feedback) over HTTP."""
     require_service_extra()
     import uvicorn  # noqa: PLC0415 - only this command needs it
@@ -95,7 +98,7 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
     os.environ[CONFIG_ENV] = config.to_json().decode()
     uv_config = uvicorn.Config("cds_tpi.service.app:app_from_environment", factory=True, host=config.host,
                                port=config.port, workers=config.workers, log_level=log_level,
-                               log_config=log_config(log_level), server_header=False, proxy_headers=False,
+                               log_config=log_config(log_level, log_format), server_header=False, proxy_headers=False,
                                timeout_graceful_shutdown=10, limit_concurrency=config.limit_concurrency,
                                timeout_keep_alive=config.timeout_keep_alive)
     server = uvicorn.Server(uv_config)
@@ -139,9 +142,10 @@ def _first_line(e: Exception) -> str:
     return (str(orig if orig is not None else e).strip().splitlines() or [""])[0][:300]
 
 
-def log_config(level: str) -> dict:
+def log_config(level: str, fmt: str = "text") -> dict:
     """uvicorn's logging config plus our loggers (applied in every worker process too). httpx and
-    httpcore stay at WARNING: at INFO they log request URLs, which carry patient ids."""
+    httpcore stay at WARNING: at INFO they log request URLs, which carry patient ids. fmt "json":
+    every line (uvicorn's too) is a JSON object (cds_tpi.service.logs.JsonFormatter)."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG  # noqa: PLC0415
@@ -153,6 +157,9 @@ def log_config(level: str) -> dict:
     config["loggers"]["cds_tpi"] = {"handlers": ["cds_tpi"], "level": level.upper(), "propagate": False}
     for name in ("httpx", "httpcore"):
         config["loggers"][name] = {"handlers": ["cds_tpi"], "level": "WARNING", "propagate": False}
+    if fmt == "json":
+        for name in config["formatters"]:
+            config["formatters"][name] = {"()": "cds_tpi.service.logs.JsonFormatter"}
     return config
 
 

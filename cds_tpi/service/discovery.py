@@ -113,6 +113,16 @@ def checked_records(keys: tuple[PrefetchKey, ...], prefetch: dict[str, Any]) -> 
                                     and prefetch[k.key].get("resourceType") == "Bundle"))}))
 
 
+def record_sources(keys: tuple[PrefetchKey, ...], sent: dict[str, Any], fetched: Any) -> dict[str, list[str]]:
+    """For the call's log: which of our keys the EHR sent in `prefetch`, which were fetched from its
+    FHIR server (wholly or further pages), and which are missing (neither). Key names only."""
+    fetched = set(fetched)
+    out: dict[str, list[str]] = {"prefetch": [], "fhir": [], "missing": []}
+    for k in keys:
+        out["fhir" if k.key in fetched else "prefetch" if k.key in sent else "missing"].append(k.key)
+    return out
+
+
 def __getattr__(name: str) -> Any:
     # `PREFETCH` (the bundled rules' templates) is computed on first use: it loads the rules.
     if name == "PREFETCH":
