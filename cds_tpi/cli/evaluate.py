@@ -94,8 +94,8 @@ def _version_note(doc: Document, version: str) -> str | None:
                 other = "R5" if version == "R4" else "R4"
     if not count:
         return None
-    return (f"{count} resource(s) invalid as FHIR {version} {'is' if count == 1 else 'are'} valid FHIR {other}: "
-            f"this looks like {other} data; try --fhir-version {other}")
+    return (f"{count} resource(s) skipped as invalid FHIR {version} {'is' if count == 1 else 'are'} valid FHIR "
+            f"{other}: this looks like {other} data; try --fhir-version {other}")
 
 
 def evaluate_one(name: str, evaluator, *, max_bytes: int, injectate: str | None, sites: tuple[str, ...],
