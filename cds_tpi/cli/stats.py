@@ -52,11 +52,18 @@ def stats(database_url: str | None, config_file: str | None, top: int, fmt: str)
     if not rows:
         click.echo("no cards recorded yet")
         return
-    width = max(len("rule"), *(len(r.rule_id) for r in rows))
+    width = max(len("rule"), *(len(_printable(r.rule_id)) for r in rows))
     click.echo(f"{'rule':<{width}}  {'shown':>6}  {'accepted':>8}  {'overridden':>10}  top override reasons")
     for r in rows:
-        reasons = "; ".join(f"{text} ({n})" for text, n in r.top_override_reasons) or "-"
-        click.echo(f"{r.rule_id:<{width}}  {r.shown:>6}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
+        reasons = "; ".join(f"{_printable(text)} ({n})" for text, n in r.top_override_reasons) or "-"
+        click.echo(f"{_printable(r.rule_id):<{width}}  {r.shown:>6}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
+
+
+def _printable(text: object) -> str:
+    """Stored strings come from callers: terminal escapes, newlines (forged rows) and bidi controls
+    are shown escaped, never sent to the terminal."""
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in str(text))
 
 
 if __name__ == "__main__":

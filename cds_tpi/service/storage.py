@@ -216,7 +216,9 @@ class Storage:
                 "outcome_timestamp": f.outcome_timestamp,
                 "accepted_suggestions": json.dumps(list(f.accepted_suggestions)) if f.accepted_suggestions else None,
                 "override_system": f.override_system, "override_code": f.override_code,
-                "override_display": f.override_display, "user_comment": f.user_comment, "received_at": now,
+                # userComment is free text a clinician types: it may name the patient, so it is not
+                # stored (the column stays for old rows; issue 10)
+                "override_display": f.override_display, "user_comment": None, "received_at": now,
             }
             for f in items
         ]

@@ -539,3 +539,33 @@ def test_a_client_that_disconnects_is_not_audited_as_a_500(start_service, fake_e
         with service.storage.engine.connect() as conn:
             rows = conn.execute(sa.text("select status, outcome from audit")).all()
     assert [tuple(r) for r in rows] == [(499, "client-disconnected")]
+
+
+def test_user_comments_are_not_stored_and_stats_escape_stored_text(start_service, evaluator, tmp_path):
+    import sqlalchemy as sa
+    from click.testing import CliRunner
+
+    from cds_tpi.cli.stats import stats
+
+    service = start_service(evaluator, database_url=f"sqlite:///{tmp_path}/stats.sqlite3")
+    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"))
+    card = next(c for c in r.json()["cards"] if c.get("overrideReasons"))
+    reason = card["overrideReasons"][0]
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2025-03-01T12:00:00Z",
+            "overrideReason": {"reason": reason, "userComment": f"patient {PATIENT_ID} said so"}}
+    deadline = time.monotonic() + 5
+    while True:  # the card is known once its audit row is written
+        f = service.post("/cds-services/tpi-order-sign/feedback", {"feedback": [item]})
+        if f.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert f.status_code == 200, f.text
+    with service.storage.engine.begin() as conn:
+        assert conn.execute(sa.text("select user_comment from feedback")).all() == [(None,)]
+        # a row forged straight into the database (or by an older version): escapes, a newline, bidi
+        conn.execute(sa.text("update feedback set override_display = :d"),
+                     {"d": "\x1b[2J\x1b[31mforged\nrule-x  999  0  0\u202e"})
+    out = CliRunner().invoke(stats, ["--database-url", service.config.database_url])
+    assert out.exit_code == 0, out.output
+    assert "\x1b" not in out.output and "\u202e" not in out.output
+    assert "\\x1b[2J" in out.output and "\\x0arule-x" in out.output
