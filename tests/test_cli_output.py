@@ -157,6 +157,8 @@ def _condition(**extra):
     ({"code": "abc"}, "code", 'expected a CodeableConcept object, got a string ("abc")'),
     ({"code": {"coding": {"code": "x"}}}, "code.coding", "expected an array (this element repeats), got an object"),
     ({"subject": "Patient/p1"}, "subject", 'expected a Reference object, got a string ("Patient/p1")'),
+    ({"code": {"coding": [{"code": "x", "cod": "y"}]}}, "code.coding[0].cod",
+     "unknown element (Condition.code.coding has no 'cod')"),
     ({"code": {"text": ""}}, "code.text", "empty string: FHIR has no empty values; leave the element out"),
     ({"onsetDateTime": "2020-01-01", "onsetString": "childhood"}, "",
      "only one of onsetAge, onsetDateTime, onsetPeriod, onsetRange, onsetString may be given (a choice element, [x])"),

@@ -206,7 +206,10 @@ def _message(err: dict, model: Any = None) -> str:
     kind = err.get("type", "")
     given = err.get("input", None)
     if kind == "extra_forbidden":
-        return "unknown element"
+        loc = [p for p in err.get("loc", ()) if p not in ("root", "__root__")]
+        parent = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+        owner = ".".join(x for x in (getattr(model, "__name__", ""), parent) if x)
+        return f"unknown element ({owner} has no '{loc[-1]}')" if owner and loc else "unknown element"
     if kind in ("missing", "model_field_validation.missing"):
         return "required element missing"
     m = re.match(r"Any of one field value is expected from this list \[(.*)\], but got multiple", msg)
