@@ -199,7 +199,7 @@ async def call_service(request: Request) -> Response:
     start = time.perf_counter()
     service = find_service(request.path_params["service_id"])  # unknown: 404, not audited
     hook_instance = None
-    status, outcome, evaluation = 500, "error", None
+    status, outcome, evaluation, claims = 500, "error", None, None
     records: dict[str, list[str]] = {}  # key names by source, for the log (never values or URLs)
     try:
         claims = await _authenticate(request)
@@ -238,6 +238,7 @@ async def call_service(request: Request) -> Response:
             rule_ids=tuple(dict.fromkeys(str(f.rule_id) for f in evaluation.findings)) if evaluation else (),
             cards=card_rows(evaluation.cards)[0] if evaluation else (),
             override_reasons=card_rows(evaluation.cards)[1] if evaluation else (),
+            caller=_caller(claims),
         )
         log.info("call service=%s hookInstance=%s status=%s outcome=%s cards=%d prefetch=%s fhir=%s missing=%s "
                  "%.1fms", service.id, hook_instance, status, outcome, len(record.cards),
@@ -271,6 +272,13 @@ async def call_feedback(request: Request) -> Response:
 
 
 # --- request steps -------------------------------------------------------------------------------
+
+def _caller(claims: dict | None) -> str | None:
+    """Who called, for the audit row: the verified JWT's iss, and its sub when there is one."""
+    if not claims:
+        return None
+    return " ".join(str(claims[k]) for k in ("iss", "sub") if isinstance(claims.get(k), str))
+
 
 async def _authenticate(request: Request) -> dict | None:
     """The verified JWT claims (None in open mode). The audience is public_base_url + path, never

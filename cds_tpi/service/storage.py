@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-SCHEMA_VERSION = 2  # 2: card_override_reason (the override reasons each issued card offered)
+SCHEMA_VERSION = 3  # 2: card_override_reason (the override reasons each issued card offered); 3: audit.caller
 
 metadata = sa.MetaData()
 
@@ -34,6 +34,7 @@ audit = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=False),  # evaluated | not-applicable | rejected | error
     sa.Column("rule_ids", sa.Text, nullable=False, default=""),  # rules fired, space-separated
     sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("caller", sa.String(600), nullable=True),  # the verified JWT's iss (and sub); null in open mode
 )
 
 audit_card = sa.Table(
@@ -94,6 +95,7 @@ class AuditRecord:
     rule_ids: tuple[str, ...] = ()
     cards: tuple[tuple[str, str | None, str], ...] = ()  # (uuid, rule id, indicator)
     override_reasons: tuple[tuple[str, str, str], ...] = ()  # (card uuid, system, code) offered
+    caller: str | None = None  # "iss" or "iss sub" of the verified JWT
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,20 @@ class Storage:
                     pass
             elif found > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema version {found} is newer than this program ({SCHEMA_VERSION})")
-            elif found < SCHEMA_VERSION:  # 1 -> 2 only added a table, which create_all made
+            elif found < SCHEMA_VERSION:  # 1 -> 2 only added a table, which create_all made; 3: a column
                 conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """ALTER TABLE for columns added after a table was created (create_all adds only tables)."""
+        if "caller" in {c["name"] for c in sa.inspect(self.engine).get_columns("audit")}:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE audit ADD COLUMN caller VARCHAR(600)"))
+        except sa.exc.DBAPIError:  # another worker added it first
+            if "caller" not in {c["name"] for c in sa.inspect(self.engine).get_columns("audit")}:
+                raise
 
     def check_writable(self) -> None:
         """Raise when the database accepts reads but not writes (e.g. a read-only SQLite file):
@@ -190,7 +204,8 @@ class Storage:
             ids = conn.execute(
                 audit.insert().returning(audit.c.id, sort_by_parameter_order=True),
                 [{"at": r.at, "service": r.service, "hook_instance": r.hook_instance, "status": r.status,
-                  "outcome": r.outcome, "rule_ids": " ".join(r.rule_ids), "duration_ms": r.duration_ms}
+                  "outcome": r.outcome, "rule_ids": " ".join(r.rule_ids), "duration_ms": r.duration_ms,
+                  "caller": r.caller[:600] if r.caller else None}
                  for r in records],
             ).scalars().all()
             cards = [{"audit_id": audit_id, "card_uuid": u, "rule_id": rule, "indicator": i}

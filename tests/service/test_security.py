@@ -569,3 +569,42 @@ def test_user_comments_are_not_stored_and_stats_escape_stored_text(start_service
     assert out.exit_code == 0, out.output
     assert "\x1b" not in out.output and "\u202e" not in out.output
     assert "\\x1b[2J" in out.output and "\\x0arule-x" in out.output
+
+
+def test_the_audit_row_names_the_caller(start_service, fake_evaluator, signer):
+    import sqlalchemy as sa
+
+    from conftest import issuer_for
+
+    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    url = service.url + "/cds-services/tpi-order-sign"
+    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
+                     headers={"Authorization": f"Bearer {signer.token(url)}"})
+    assert r.status_code == 200
+    deadline, rows = time.monotonic() + 5, []
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with service.storage.engine.connect() as conn:
+            rows = conn.execute(sa.text("select caller from audit")).all()
+    assert rows == [("https://ehr.example.org",)]
+
+
+def test_an_old_audit_table_gets_the_caller_column(tmp_path):
+    import sqlalchemy as sa
+
+    from cds_tpi.service.storage import Storage
+
+    url = f"sqlite:///{tmp_path}/old.sqlite3"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # schema 2's audit table
+        conn.execute(sa.text("create table audit (id integer primary key, at timestamp not null, service varchar(64) "
+                             "not null, hook_instance varchar(64), status integer not null, outcome varchar(32) not null, "
+                             "rule_ids text not null, duration_ms float not null)"))
+        conn.execute(sa.text("create table schema_version (version integer primary key)"))
+        conn.execute(sa.text("insert into schema_version values (2)"))
+    engine.dispose()
+    storage = Storage(url)
+    storage.create_schema()
+    storage.create_schema()  # idempotent
+    assert "caller" in {c["name"] for c in sa.inspect(storage.engine).get_columns("audit")}
+    storage.dispose()
