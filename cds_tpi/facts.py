@@ -29,16 +29,18 @@ class Inputs:
     gaps: list[tuple[str, str]] = field(default_factory=list)   # (ref or location, what could not be read)
     checked: set[str] = field(default_factory=set)               # record lists looked up, even if empty
     full_urls: dict[str, dict] = field(default_factory=dict)    # Bundle entry fullUrl -> its resource
+    unread: dict[str, int] = field(default_factory=dict)         # records given but not passed on (e.g. older labs), by type
 
 
 _ABATEMENT = ("abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString", "abatementBoolean")
 
 
 def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
-    """Does this record count, per its resource type's policy in rules/records.yaml?"""
-    if p.status is not None and r.get("status") not in p.status:
+    """Does this record count, per its resource type's policy in rules/records.yaml? Pure, and tolerant of
+    JSON not validated yet (the pipeline asks it before validating observations)."""
+    if p.status is not None and _text(r.get("status")) not in p.status:
         return False
-    if p.exclude_intent and r.get("intent") in p.exclude_intent:
+    if p.exclude_intent and _text(r.get("intent")) in p.exclude_intent:
         reported = r.get("reportedBoolean") is True or isinstance(r.get("reportedReference"), dict)
         if not (p.reported_counts and reported):
             return False
@@ -65,6 +67,21 @@ def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
         if end is not None and end < today:
             return False
     return True
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
+def observation_date(r: dict) -> date | None:
+    """When an Observation was made (effective[x], else issued); tolerant of unvalidated JSON."""
+    period = r.get("effectivePeriod")
+    return parse_date(r.get("effectiveDateTime") or _get(period, "end") or _get(period, "start")
+                      or r.get("effectiveInstant") or r.get("issued"))
 
 
 def _categories(r: dict) -> list[str]:
@@ -226,6 +243,7 @@ class FactBuilder:
             self._emit("gap", ref=_printable(ref), name=_printable(what))
 
         counts = dict(medications=0, allergies=0, conditions=0, procedures=0, observations=0, patient=0, orders=0, injectates=0, sites=0)
+        counts["observations"] += inputs.unread.get("Observation", 0)
         administrations = [r for r in record if r.get("resourceType") == "MedicationAdministration"]
         for r in record:
             rt = r.get("resourceType")
@@ -313,8 +331,7 @@ class FactBuilder:
         vs, text_only = self._member(codes, [])  # labs are matched by code only
         if not vs:
             return
-        when = parse_date(r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("end")
-                          or (r.get("effectivePeriod") or {}).get("start") or r.get("effectiveInstant") or r.get("issued"))
+        when = observation_date(r)
         self._pending_observations.append((r, codes, texts, vs, text_only, self._age_days(when) if when else None))
 
     def _build_observations(self) -> None:

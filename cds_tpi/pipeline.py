@@ -8,12 +8,12 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .cards import cards_for
 from .engine import Engine
-from .facts import FactBuilder, Inputs
+from .facts import FactBuilder, Inputs, is_current, observation_date
 from .fhir.datatypes import codeable as _codeable
 from . import order as planned
 from .findings import Finding, collect
@@ -108,7 +108,8 @@ class Evaluator:
             return bool(self.book.terminology.match(codes, []).by_code)
         return True
 
-    def _accept_all(self, located: list, skipped: list[str], gaps: list) -> list:
+    def _accept_all(self, located: list, skipped: list[str], gaps: list, unread: dict | None = None,
+                    now: datetime | None = None) -> list:
         """The located resources the facts stage reads and that are valid FHIR; the others are
         named in `skipped` and, as gaps, in the missing-data card."""
         candidates = []
@@ -119,35 +120,75 @@ class Evaluator:
                 gaps.append((loc.location, f"a record at {loc.location} that is not a FHIR resource"))
             elif self._relevant(r):
                 candidates.append(loc)
-        accepted = []
-        for loc, issues in zip(candidates, validate_resources([loc.resource for loc in candidates], self.fhir_version)):
-            if issues:
-                r = loc.resource
-                name = ref_key(r) or r.get("resourceType")
-                skipped.append(f"{loc.location} {name}: {issues[0]}" + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""))
-                gaps.append((name, f"{name} (at {loc.location}) was skipped: invalid FHIR {self.fhir_version}, {issues[0]}"))
-            else:
-                accepted.append(loc)
+        labs: list = []
+        if self._latest_only and unread is not None:
+            labs = [loc for loc in candidates if loc.resource.get("resourceType") == "Observation"]
+            candidates = [loc for loc in candidates if loc.resource.get("resourceType") != "Observation"]
+        accepted = [loc for loc, issues in zip(candidates, validate_resources([loc.resource for loc in candidates], self.fhir_version))
+                    if self._valid(loc, issues, skipped, gaps)]
+        if labs:
+            chosen = self._newest_valid(labs, skipped, gaps, (now or datetime.now(timezone.utc)).date())
+            unread["Observation"] = unread.get("Observation", 0) + len(labs) - len(chosen)
+            accepted += chosen
         return accepted
+
+    def _valid(self, loc, issues, skipped: list[str], gaps: list) -> bool:
+        if not issues:
+            return True
+        r = loc.resource
+        name = ref_key(r) or r.get("resourceType")
+        skipped.append(f"{loc.location} {name}: {issues[0]}" + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""))
+        gaps.append((name, f"{name} (at {loc.location}) was skipped: invalid FHIR {self.fhir_version}, {issues[0]}"))
+        return False
+
+    def _newest_valid(self, labs: list, skipped: list[str], gaps: list, today) -> list:
+        """Of the observations, the ones a rule can read: per value set, the newest current result
+        that is valid FHIR (all of them on a tie). Only those are validated (validation is most of the
+        cost of a new patient's first evaluation); an invalid newer result is named and the next one
+        is taken, as if the invalid one had not been sent. Older results are not read at all."""
+        policy = self.book.records.for_type("Observation")
+        by_vs: dict[str, list] = {}
+        for loc in labs:
+            r = loc.resource
+            when = observation_date(r)
+            if when is None or not is_current(r, policy, today):
+                continue  # never the latest: the facts stage would not read it
+            codes, _ = _codeable(r.get("code"))
+            for v in self.book.terminology.match(codes, []).by_code:
+                by_vs.setdefault(v, []).append((when, loc))
+        verdict: dict[int, bool] = {}
+        chosen: dict[int, object] = {}
+        for ranked in by_vs.values():
+            ranked.sort(key=lambda pair: pair[0], reverse=True)
+            newest = None
+            for when, loc in ranked:
+                if newest is not None and when < newest:
+                    break
+                key = id(loc)
+                if key not in verdict:
+                    verdict[key] = self._valid(loc, validate_resources([loc.resource], self.fhir_version)[0], skipped, gaps)
+                if verdict[key]:
+                    newest = when
+                    chosen[key] = loc
+        return [loc for loc in labs if id(loc) in chosen]
 
     def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
         started = time.perf_counter()
         doc = doc.with_drafts()
-        context = doc.request.get("context") if doc.request else None
-        pid = context.get("patientId") if isinstance(context, dict) and isinstance(context.get("patientId"), str) else None
-        _, problems = patient_problems(doc.resources + doc.draft_orders, pid)
-        if problems:
-            raise InputError(describe(problems), doc.name)
         skipped: list[str] = []
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
         inputs = Inputs(record=[], drafts=[], gaps=gap_list, checked=set(doc.checked) | set(checked))
-        for loc in self._accept_all(doc.resources, skipped, gap_list):
-            inputs.record.append(loc.resource)
-            if loc.full_url:
-                inputs.full_urls.setdefault(loc.full_url, loc.resource)
-        for loc in self._accept_all(doc.draft_orders, skipped, gap_list):
-            inputs.drafts.append(loc.resource)
+        record = self._accept_all(doc.resources, skipped, gap_list, inputs.unread, now)
+        drafts = self._accept_all(doc.draft_orders, skipped, gap_list)
+        # One patient: the valid records that will be read (invalid ones are skipped and named anyway).
+        context = doc.request.get("context") if doc.request else None
+        pid = context.get("patientId") if isinstance(context, dict) and isinstance(context.get("patientId"), str) else None
+        _, problems = patient_problems(record + drafts, pid)
+        if problems:
+            raise InputError(describe(problems), doc.name)
+        for loc in record + drafts:
+            (inputs.drafts if loc in drafts else inputs.record).append(loc.resource)
             if loc.full_url:
                 inputs.full_urls.setdefault(loc.full_url, loc.resource)
         builder = self._builder(now)
