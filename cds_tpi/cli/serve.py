@@ -96,6 +96,11 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
     finally:
         storage.dispose()
     os.environ[CONFIG_ENV] = config.to_json().decode()
+    metrics_dir = None
+    if config.metrics_enabled and config.workers > 1:  # each worker counts; /metrics sums their files
+        from cds_tpi.service.metrics import prepare_multiprocess_dir  # noqa: PLC0415
+
+        metrics_dir = prepare_multiprocess_dir()
     uv_config = uvicorn.Config("cds_tpi.service.app:app_from_environment", factory=True, host=config.host,
                                port=config.port, workers=config.workers, log_level=log_level,
                                log_config=log_config(log_level, log_format), server_header=False, proxy_headers=False,
@@ -113,6 +118,10 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
         pass
     finally:
         sock.close()
+        if metrics_dir:
+            from cds_tpi.service.metrics import remove_multiprocess_dir  # noqa: PLC0415
+
+            remove_multiprocess_dir(metrics_dir)
     if config.workers == 1 and not server.started:
         raise click.ClickException("the service did not start (see the log above)")
 

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cds_tpi import __version__
 from cds_tpi.errors import InputError
+from cds_tpi.service import metrics
 from cds_tpi.service.audit import AuditWriter, card_rows
 from cds_tpi.service.auth import JtiStore, JwtVerifier
 from cds_tpi.service.config import ServiceConfig
@@ -124,6 +125,7 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/cds-services", discovery, methods=["GET"]),
         Route("/cds-services/", discovery, methods=["GET"]),  # served, not redirected (CORS preflights fail on a 307)
@@ -246,6 +248,7 @@ async def call_service(request: Request) -> Response:
                  extra={"fields": {"event": "call", "service": service.id, "hookInstance": hook_instance,
                                    "status": status, "outcome": outcome, "cards": len(record.cards),
                                    "durationMs": round(duration_ms, 1), **{f"records_{s}": v for s, v in records.items()}}})
+    metrics.observe_call(service.id, status, duration_ms / 1000.0, record.cards)
     st.audit.submit(record)
     return response
 
@@ -261,13 +264,18 @@ async def call_feedback(request: Request) -> Response:
     except Exception as e:
         log.error("feedback not stored: database error %s (looking up its cards)", type(e).__name__)
         raise HttpError(503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}) from None
-    check_issued(items, issued, service.id)  # 404 unknown card, 400 an override reason it did not offer
+    try:
+        check_issued(items, issued, service.id)  # 404 unknown card, 400 an override reason it did not offer
+    except HttpError as e:
+        metrics.observe_feedback_refused(service.id, items, e.status)
+        raise
     try:
         added = await run_in_threadpool(st.storage.store_feedback, service.id, items)
     except Exception as e:
         log.error("feedback not stored: database error %s", type(e).__name__)
         raise HttpError(503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}) from None
     log.info("feedback service=%s entries=%d new=%d", service.id, len(items), added)
+    metrics.observe_feedback(service.id, items, added)
     return JSONResponse({"received": len(items), "stored": added, "duplicates": len(items) - added})
 
 

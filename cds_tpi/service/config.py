@@ -93,6 +93,10 @@ class ServiceConfig:
     jwt_max_lifetime_seconds: int = 3600  # bounds the jti replay store
     jwks_cache_seconds: int = 300
     rules_dir: str | None = None
+    # GET /metrics (Prometheus text): off by default; with a token, scrapers must send
+    # "Authorization: Bearer <metrics_token>"
+    metrics_enabled: bool = False
+    metrics_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:

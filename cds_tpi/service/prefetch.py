@@ -29,6 +29,7 @@ import orjson
 from cds_tpi.service.config import Issuer, ServiceConfig
 from cds_tpi.service.discovery import PREFETCH, PrefetchKey
 from cds_tpi.service.hooks import HookCall
+from cds_tpi.service.metrics import observe_fallback
 from cds_tpi.service.outbound import FhirClient, allowed_fhir_base
 from cds_tpi.service.outcomes import HttpError
 
@@ -97,6 +98,7 @@ async def complete_prefetch(call: HookCall, client: FhirClient, config: ServiceC
         if status == "fetched":
             fetched.append(key.key)
         prefetch[key.key] = value
+    observe_fallback(call.fhir_server, zip(keys, results))
     if failed:
         raise HttpError(412, "; ".join(failed), issues=failed)
     return Prefetched(prefetch, tuple(gaps), tuple(fetched))
