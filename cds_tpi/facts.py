@@ -73,6 +73,13 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def gap_headline(text: str) -> str:
+    """A short head for a gap's text, for the missing-data summary: up to its first ':' ("prefetch
+    'observations'", "Observation/o1 (at entry[3]) was skipped"), at most 80 characters."""
+    head = text.split(":", 1)[0].strip()
+    return head if len(head) <= 80 else head[:79].rstrip() + "…"
+
+
 def _get(obj, key):
     return obj.get(key) if isinstance(obj, dict) else None
 
@@ -156,48 +163,71 @@ class FactBuilder:
     def _current(self, r: dict) -> bool:
         return is_current(r, self.policy.for_type(r.get("resourceType", "")), self.today)
 
+    def _name(self, codes: list, texts: list, fallback: str) -> str:
+        """How a card names a coded thing: its text or a display the record gives, else the name the value
+        sets give one of its codes (a product code sent without a display), else its first code."""
+        if texts:
+            return texts[0]
+        named = next((d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d), None)
+        if named:
+            return named
+        return f"{codes[0][0].rsplit('/', 1)[-1]} {codes[0][1]}" if codes else fallback
+
     def _medication_of(self, r: dict) -> tuple[list, list, str, dict | None]:
         """Codes, texts, display name and the Medication resource (if any) of a medication record."""
-        codes, texts, name, med = [], [], "", None
+        codes, texts, med = [], [], None
         cc = r.get("medicationCodeableConcept")
         mref = r.get("medicationReference")
         if isinstance(r.get("medication"), dict):  # R5 CodeableReference
             cc = r["medication"].get("concept")
             mref = r["medication"].get("reference")
+        own_texts: list[str] = []
         if cc:
             codes, texts = _codeable(cc)
-            name = _display(cc)
+            own_texts = ([str(cc["text"])] if isinstance(cc, dict) and cc.get("text") else []) + texts
+        ingredient_texts: list[str] = []
+        ref_display = mref.get("display") if isinstance(mref, dict) and isinstance(mref.get("display"), str) else None
         if mref:
             med = self.index.resolve(mref, r)
             if med is not None:
                 c2, t2 = _codeable(med.get("code"))
                 codes += c2
                 texts += t2
-                name = name or _display(med.get("code"))
+                if isinstance(med.get("code"), dict) and med["code"].get("text"):
+                    own_texts.append(str(med["code"]["text"]))
+                own_texts += t2
                 for ing in med.get("ingredient") or []:
+                    if not isinstance(ing, dict):
+                        continue
                     item = ing.get("itemCodeableConcept") or (ing.get("item") or {}).get("concept")
                     iref = ing.get("itemReference") or (ing.get("item") or {}).get("reference")
                     if item:
                         c3, t3 = _codeable(item)
                         codes += c3
                         texts += t3
+                        ingredient_texts += t3 or [d for d in (self.term.display_of(s_, c_) for s_, c_ in c3) if d]
                     if iref:
                         sub = self.index.resolve(iref, med)
                         if sub is not None:
                             c3, t3 = _codeable(sub.get("code"))
                             codes += c3
                             texts += t3
-                if not name:
-                    name = ", ".join(texts[:1]) or "medication"
-            elif not cc:
+                            ingredient_texts += t3
+            else:
                 ref = mref.get("reference") if isinstance(mref, dict) else None
-                name = (mref.get("display") if isinstance(mref, dict) else None) or str(ref)
-                if isinstance(mref, dict) and mref.get("display"):
-                    texts.append(mref["display"])
-                self._emit("gap", ref=ref_key(r) or "", name=f"the medication of {ref_key(r) or 'a record'} ({ref}) could not be resolved")
-        if not texts:  # a product code alone: named as the value sets name it
-            name = next((d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d), name)
-        return codes, texts, name or "unnamed medication", med
+                if ref_display:
+                    texts.append(ref_display)
+                self._emit("gap", ref=ref_key(r) or "", what=_printable(f"medication of {ref_key(r) or 'a record'} not found"),
+                           name=_printable(f"the medication of {ref_key(r) or 'a record'} ({ref}) could not be resolved"))
+        # the record's own words first, then the value sets' name for its codes, the reference's display,
+        # the ingredients; a raw (local) code last
+        if own_texts:
+            name = own_texts[0]
+        else:
+            name = (next((d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d), None)
+                    or ref_display or (" / ".join(dict.fromkeys(ingredient_texts)) if ingredient_texts else None)
+                    or self._name(codes, [], "unnamed medication"))
+        return codes, texts, name, med
 
     def _product(self, r: dict) -> tuple[planned.Product, list, list]:
         """A medication order's product (value sets, names, ingredients with strengths), codes and texts.
@@ -239,8 +269,8 @@ class FactBuilder:
             self.index.add(r, url)
         for r in record + drafts:
             self.index.add(r)
-        for ref, what in inputs.gaps:
-            self._emit("gap", ref=_printable(ref), name=_printable(what))
+        for ref, text in inputs.gaps:
+            self._emit("gap", ref=_printable(ref), what=_printable(gap_headline(text)), name=_printable(text))
 
         counts = dict(medications=0, allergies=0, conditions=0, procedures=0, observations=0, patient=0, orders=0, injectates=0, sites=0)
         counts["observations"] += inputs.unread.get("Observation", 0)
@@ -299,7 +329,7 @@ class FactBuilder:
         codes, texts = _codeable(r.get("code"))
         # A negation cue in the text only stops a TEXT match; a coded match always counts.
         vs, text_only = self._member(codes, self._affirmed(texts))
-        name = _display(r.get("code"), "condition", (codes, texts))
+        name = self._name(codes, texts, "condition")
         onset = parse_date(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
         age = self._age_days(onset)
         if (_coding_code(r.get("clinicalStatus")) is None and self.policy.acute_window_days is not None
@@ -309,7 +339,8 @@ class FactBuilder:
                     status=_coding_code(r.get("clinicalStatus")) or "unknown", recorded_as=condition_record(r, onset))
         if onset:
             base["onset_days"] = age
-        regions = self._regions(r.get("bodySite") or [], texts) or ["unknown"]
+        # the body site, else what the code says (an ICD-10-CM "cellulitis of back" code, its text)
+        regions = self._regions(list(r.get("bodySite") or []) + [r.get("code")], texts) or ["unknown"]
         for region in regions:
             self._emit("condition", region=region, **base)
 
@@ -402,6 +433,21 @@ class FactBuilder:
                 return f["value"]
         return None
 
+    def _injectable(self, r: dict, vs: list[str], dose: planned.Dose) -> bool:
+        """A draft medication given by injection: dosed in a volume, or its name, form, route or dosage
+        text in records.yaml injectable_valuesets."""
+        if dose.ml is not None or set(vs) & set(self.policy.injectable_valuesets):
+            return True
+        codes, texts = [], []
+        dosages = r.get("dosageInstruction")
+        for di in dosages if isinstance(dosages, list) else ():
+            if isinstance(di, dict):
+                c, t = _codeable(di.get("route"))
+                codes, texts = codes + c, texts + t + ([di["text"]] if isinstance(di.get("text"), str) else [])
+        med = self.index.resolve(r.get("medicationReference"), r) if r.get("medicationReference") else None
+        c, t = _codeable((med or {}).get("form"))
+        return bool(self.term.match(codes + c, texts + t).all & set(self.policy.injectable_valuesets))
+
     def _orders(self, drafts: list[dict]) -> tuple[list[dict], list[dict]]:
         sr_policy = self.policy.for_type("ServiceRequest")
         orders = [r for r in drafts if planned.is_tpi(r, self.term, self.policy)
@@ -418,7 +464,7 @@ class FactBuilder:
                 t = t + [d for d in (self.term.display_of(s_, c_) for s_, c_ in c) if d]
                 svs, s_text_only = self._member(c, t)
                 regions = [v for v in self.policy.region_valuesets if v in svs] or ["unknown"]
-                name = _display(site, "") or (t[0] if t else "") or (f"{c[0][0].rsplit('/', 1)[-1]} {c[0][1]}" if c else "site")
+                name = self._name(c, t, "site")
                 for region in regions:
                     self._emit("site", ref=ref_key(o) or "", order=ref_key(o) or "", name=name,
                                vs=svs, text_only=s_text_only, region=region)
@@ -431,15 +477,16 @@ class FactBuilder:
             vs, text_only = self._member(codes, texts)
             based_on = {self.index.key_for(b) for b in r.get("basedOn") or []}
             classified = bool(set(vs) & set(self.policy.injectate_valuesets))
-            if not classified:
-                if orders and (based_on & order_keys or not based_on):
-                    # part of the order (or possibly), but not a drug the checks know: say so, never drop it
-                    self._emit("gap", ref=ref_key(r) or "", name=_printable(
-                        f"the draft medication {product.name} ({ref_key(r) or 'no id'}) is not recognised as {kinds}: "
-                        f"the anesthetic and steroid checks are incomplete"))
-                if not (based_on & order_keys):
-                    continue
             dose = planned.ordered_dose(r, self.policy)
+            if not classified:
+                linked = bool(based_on & order_keys)
+                if orders and (linked or (not based_on and self._injectable(r, vs, dose))):
+                    # part of the order (or an injection beside it), but not a drug the checks know: say so
+                    self._emit("gap", ref=ref_key(r) or "", what=_printable(f"draft medication {product.name} not recognised"),
+                               name=_printable(f"the draft medication {product.name} ({ref_key(r) or 'no id'}) is not recognised as "
+                                               f"{kinds}: the anesthetic and steroid checks are incomplete"))
+                if not linked:
+                    continue
             fields = dict(ref=ref_key(r) or "", name=product.name, vs=vs, text_only=text_only,
                           order=next(iter(based_on & order_keys), "") or "", dose_text=dose.text)
             # dose_text is always present ("" when the order has no dose at all): rule templates read it.

@@ -18,6 +18,7 @@ _SCHEMA = {
     "properties": {
         "tpi_order_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "injectate_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "injectable_valuesets": {"type": "array", "items": {"type": "string"}},
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "dose_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
@@ -120,6 +121,7 @@ class RecordPolicy:
     resources: dict = field(default_factory=dict)
     text_negation_cues: tuple[str, ...] = ()
     volume_units: dict = field(default_factory=dict)
+    injectable_valuesets: tuple[str, ...] = ()
     acute_valuesets: tuple[str, ...] = ()
     acute_window_days: int | None = None
     anesthetic_limits: AnestheticLimits | None = None
@@ -145,8 +147,8 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         bad = True
     if bad:
         return None
-    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets")
-             for i, name in enumerate(doc[key])]
+    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets", "injectable_valuesets")
+             for i, name in enumerate(doc.get(key, ()))]
     if "acute_conditions" in doc:
         named += [(["acute_conditions", "valuesets", i], n) for i, n in enumerate(doc["acute_conditions"]["valuesets"])]
     if "anesthetic_limits" in doc:
@@ -195,6 +197,7 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         resources=resources,
         text_negation_cues=tuple(plain.get("text_negation_cues", ())),
         volume_units=plain.get("volume_units", {}),
+        injectable_valuesets=tuple(resolve(n) for n in plain.get("injectable_valuesets", ())),
         acute_valuesets=tuple(resolve(n) for n in plain.get("acute_conditions", {}).get("valuesets", ())),
         acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
         anesthetic_limits=limits,
