@@ -67,15 +67,12 @@ def _draft_dosed_in_ml(text: str) -> dict:
     return request
 
 
-DIGITS_XFAIL = pytest.mark.xfail(reason="facts.py percent / mg/mL patterns on record text: fixed with the "
-                                  "lead's facts.py rewrite (bounded_text + linear patterns); not run: it burns 30 s of CPU", run=False)
-
-
 @pytest.mark.parametrize("text", [
     "[" * 40_000,                             # the value-set text matcher's bracketed asides
     "a [b " * 10_000,
-    pytest.param("1" * 20_000 + "[" * 20_000, marks=DIGITS_XFAIL),   # the audit's request
-    pytest.param("1" * 40_000, marks=DIGITS_XFAIL),
+    "1" * 20_000 + "[" * 20_000,              # the audit's request: digits (percent / mg/mL patterns) and brackets
+    "1" * 40_000,
+    "9" * 20_000 + " mg/" + "9" * 20_000 + "%",
 ])
 def test_long_digit_and_bracket_text_is_answered_quickly(start_service, evaluator, text):
     """The audit's 40 KB request (a draft dosed in mL whose text is a long run of digits and
@@ -366,7 +363,8 @@ def test_keys_are_fetched_concurrently_and_a_timeout_names_its_own_key(start_ser
     seconds = time.monotonic() - t0
     assert r.status_code == 200, r.text  # the six keys answered are used
     missing = _missing(r)
-    assert "timed out" in missing and missing.count("timed out") == 1
+    timed_out = [line for line in missing.splitlines() if "timed out" in line]
+    assert len(timed_out) == 1 and "INR" in timed_out[0], missing  # observations, and only they
     assert seconds < 3.0  # one budget for all keys, not one per key
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("slowallergy")))
     assert r.status_code == 412
@@ -458,7 +456,7 @@ def test_a_numeric_bundle_link_is_not_a_500(start_service, evaluator):
     request = hook_request("order-sign")
     request["prefetch"]["conditions"]["link"] = 5
     r = service.post("/cds-services/tpi-order-sign", request)
-    assert r.status_code in (200, 400, 412), r.text
+    assert r.status_code == 200, r.text  # the malformed link is ignored
 
 
 def test_a_replay_check_that_cannot_reach_the_database_fails_closed(start_service, fake_evaluator, signer):
