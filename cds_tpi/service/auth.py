@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 from joserfc import jwk, jwt
@@ -137,7 +138,8 @@ class JwtVerifier:
         self._check_claims(verified, iss, audience)
         if not isinstance(verified["jti"], str) or len(verified["jti"]) > MAX_JTI_LENGTH:
             raise unauthorized(f"jti must be a string of at most {MAX_JTI_LENGTH} characters")
-        if not self.jti_store.claim(iss, verified["jti"], int(verified["exp"])):
+        # the shared store is a database round trip: off the event loop
+        if not await anyio.to_thread.run_sync(self.jti_store.claim, iss, verified["jti"], int(verified["exp"])):
             raise unauthorized("jti was already used (replay)")
         return verified
 

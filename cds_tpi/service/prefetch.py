@@ -44,7 +44,12 @@ NOT_ALLOWED = "fhirServer is not an allowed FHIR server for this service"
 
 
 class FetchFailed(Exception):
-    """A prefetch key could not be fetched; the message is a short reason without URLs or ids."""
+    """A prefetch key could not be fetched; the message is a short reason without URLs or ids (for
+    the caller), `detail` what happened (for the log, also without URLs or ids)."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason)
+        self.detail = detail or reason
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,8 @@ class _Fetcher:
                      self.config.fhir_total_timeout)
             return "failed", TIMED_OUT
         except FetchFailed as e:
+            if e.detail != str(e):
+                log.warning("FHIR fetch of prefetch key %s failed: %s", key.key, e.detail)
             return "failed", str(e)
 
     async def _resolve(self, key: PrefetchKey, given: dict) -> tuple[str, Any]:
@@ -157,8 +164,7 @@ class _Fetcher:
         if not self.call.fhir_server:
             raise FetchFailed(why)
         if self.refusal is not None:
-            log.warning("FHIR fetch refused: fhirServer %s", self.refusal)
-            raise FetchFailed(NOT_ALLOWED)
+            raise FetchFailed(NOT_ALLOWED, f"fhirServer {self.refusal}")
 
     async def _pages(self, bundle: dict, pages: int) -> dict:
         entries = list(_entries(bundle))
@@ -185,12 +191,10 @@ class _Fetcher:
     def _count_entries(self, bundle: dict) -> None:
         self.entries_left -= len(_entries(bundle))
         if self.entries_left < 0:
-            log.warning("FHIR fetch stopped: more than %d entries in one call", self.config.fhir_max_entries_per_call)
-            raise FetchFailed(TOO_LARGE)
+            raise FetchFailed(TOO_LARGE, f"more than {self.config.fhir_max_entries_per_call} entries in one call")
 
     def _failed(self, detail: str, reason: str = NOT_FETCHED) -> FetchFailed:
-        log.warning("FHIR fetch failed: %s", detail)  # no URL: it holds the patient id
-        return FetchFailed(reason)
+        return FetchFailed(reason, detail)  # the detail is logged with the key; no URL: it holds the patient id
 
     async def _get(self, url: str, resource_type: str) -> dict:
         try:
@@ -201,7 +205,7 @@ class _Fetcher:
         except httpx.TimeoutException:
             raise self._failed("timeout", TIMED_OUT) from None
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
-            raise self._failed(f"unreachable ({type(e).__name__}: {e})") from None
+            raise self._failed(f"unreachable ({type(e).__name__})") from None  # its text may quote the URL
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
