@@ -32,7 +32,8 @@ def require_service_extra() -> None:
     """A one-line usage error when the service's libraries (the `service` extra) are not installed."""
     import importlib.util  # noqa: PLC0415
 
-    missing = [m for m in ("uvicorn", "starlette", "sqlalchemy", "httpx", "joserfc") if importlib.util.find_spec(m) is None]
+    modules = ("uvicorn", "starlette", "sqlalchemy", "httpx", "joserfc", "prometheus_client")
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise click.UsageError(f"the CDS Hooks service needs the 'service' extra ({', '.join(missing)} not installed): "
                                "pip install 'cds-tpi[service]' (and 'cds-tpi[postgres]' for PostgreSQL)")
