@@ -24,6 +24,8 @@ class AuditWriter:
         self.storage = storage
         self.max_batch = max_batch
         self.failures = 0  # records not written
+        self._submitted = 0  # records queued so far (the event loop's thread)
+        self._processed = 0  # records written or failed so far (the writer thread; FIFO)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="cds-tpi-audit", daemon=True)
 
@@ -35,14 +37,17 @@ class AuditWriter:
         """Queue a record; never blocks (a full queue counts as a failure)."""
         try:
             self._queue.put_nowait(record)
+            self._submitted += 1
         except queue.Full:
             self._failed(1, "queue full")
 
     def flush(self, timeout: float = 2.0) -> bool:
-        """Wait until every record queued so far has been written (or failed); False on timeout.
-        Feedback uses it: a card issued a moment ago may still be in this queue."""
+        """Wait until every record queued before this call has been written (or failed), however
+        many are queued after it; False on timeout. Feedback uses it: a card issued a moment ago
+        may still be in this queue."""
+        target = self._submitted
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
+        while self._processed < target:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
@@ -76,8 +81,7 @@ class AuditWriter:
                     self.storage.write_audits(batch)
                 except Exception as e:  # never let the audit break the service
                     self._failed(len(batch), type(e).__name__)
-            for _ in range(len(batch) + (1 if stop else 0)):
-                self._queue.task_done()
+            self._processed += len(batch)
             if stop:
                 return
 

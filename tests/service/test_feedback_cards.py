@@ -116,3 +116,39 @@ def test_a_version_1_database_is_upgraded(tmp_path):
     with storage.engine.connect() as conn:
         assert conn.execute(sa.text("select version from schema_version")).scalar() == SCHEMA_VERSION
     assert storage.issued_cards("tpi-order-sign", ["x"]) == {}
+
+
+def test_audit_flush_waits_only_for_records_queued_before_it(tmp_path):
+    import threading
+    import time as _time
+
+    from cds_tpi.service.audit import AuditWriter
+
+    class SlowStorage:
+        def __init__(self):
+            self.written = []
+
+        def write_audits(self, batch):
+            _time.sleep(0.05)
+            self.written += batch
+
+    storage = SlowStorage()
+    writer = AuditWriter(storage, max_batch=1, linger_seconds=0).start()
+    record = AuditRecord(datetime.now(timezone.utc), "tpi-order-sign", None, 200, "evaluated", 1.0)
+    writer.submit(record)
+    stop = threading.Event()
+
+    def keep_submitting():  # a busy service: the queue never empties
+        while not stop.is_set():
+            writer.submit(record)
+            _time.sleep(0.01)
+
+    feeder = threading.Thread(target=keep_submitting)
+    feeder.start()
+    try:
+        assert writer.flush(timeout=2.0)
+        assert len(storage.written) >= 1
+    finally:
+        stop.set()
+        feeder.join()
+        writer.close()
