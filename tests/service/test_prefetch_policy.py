@@ -18,7 +18,8 @@ from cds_tpi.fhir.read import CATEGORIES
 from cds_tpi.ruleset import load_rulebook
 from cds_tpi.ruleset.records import ResourcePolicy
 from cds_tpi.service.discovery import checked_records, prefetch_keys
-from conftest import FHIR_SERVER_DIR, PATIENT_ID, _npm_install, free_port, hook_request, patient_resources, wait_http
+from conftest import (FHIR_SERVER_DIR, NODE_MIN, PATIENT_ID, _node_version, _npm_install, _skip_or_fail, free_port,
+                      hook_request, patient_resources, wait_http)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,7 +107,10 @@ def fhir_with_on_hold_warfarin(tmp_path_factory):
     the procedure) and a stopped aspirin order."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: cannot run the medplum FHIR test server")
+        _skip_or_fail("node is not installed: cannot run the medplum FHIR test server")
+    version = _node_version(node)
+    if version is None or version < NODE_MIN:
+        _skip_or_fail(f"node {version} is older than {NODE_MIN}, which the medplum FHIR test server needs")
     _npm_install()
     resources = patient_resources()
     warfarin = {**resources["warfarin-1"], "status": "on-hold"}
