@@ -34,10 +34,12 @@ def _reason(r) -> str:
 
 def test_good_token_is_accepted_on_every_endpoint(service, signer):
     url = service.url + "/cds-services/tpi-order-sign"
-    assert _call(service, signer.token(url)).status_code == 200
+    answer = _call(service, signer.token(url))
+    assert answer.status_code == 200
     r = service.get("/cds-services", headers={"Authorization": f"Bearer {signer.token(service.url + '/cds-services')}"})
     assert r.status_code == 200
-    feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2025-01-01T10:00:00Z"}]}
+    card = answer.json()["cards"][0]["uuid"]  # feedback must name a card this service issued
+    feedback = {"feedback": [{"card": card, "outcome": "accepted", "outcomeTimestamp": "2025-01-01T10:00:00Z"}]}
     r = _call(service, signer.token(url + "/feedback"), "/cds-services/tpi-order-sign/feedback", feedback)
     assert r.status_code == 200
     assert service.get("/health").status_code == 200  # health and openapi stay open
