@@ -26,7 +26,9 @@ _ERRORS = {
            "override reason the card did not offer",
     "401": "JWT missing or rejected (the reason is in the OperationOutcome)",
     "404": "Unknown service; for feedback, also a card this service never issued",
+    "408": "The body was not received within body_read_timeout",
     "413": "Body over the configured limit",
+    "415": "Content-Type is not JSON (application/json or application/*+json)",
     "503": "A dependency (database, issuer keys) is unavailable",
 }
 
@@ -53,7 +55,9 @@ def openapi_document(auth_enabled: bool = True) -> dict:
 
     paths: dict = {
         "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
-                            "responses": {"200": {"description": "Up", "content": {_JSON: {"schema": {"type": "object"}}}}}}},
+                            "responses": {"200": {"description": "Up", "content": {_JSON: {"schema": {"type": "object"}}}},
+                                          "503": {"description": "An evaluation overran its deadline: replace this worker",
+                                                  "content": {_JSON: {"schema": {"type": "object"}}}}}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3.1",
                                                         "content": {_JSON: {"schema": {"type": "object"}}}}}}},
@@ -68,13 +72,13 @@ def openapi_document(auth_enabled: bool = True) -> dict:
         paths[f"/cds-services/{service.id}"] = {"post": {
             "operationId": op, "summary": service.title, "description": service.description, "security": security,
             "requestBody": {"required": True, "content": {_JSON: {"schema": request_schema(service.hook)}}},
-            "responses": _responses(codes("400", "401", "412", "413", "500", "503"),
+            "responses": _responses(codes("400", "401", "408", "412", "413", "415", "500", "503"),
                                     {"description": "Cards", "content": {_JSON: {"schema": _ref("CdsResponse")}}}),
         }}
         paths[f"/cds-services/{service.id}/feedback"] = {"post": {
             "operationId": f"{op}_feedback", "summary": f"Feedback on {service.id} cards", "security": security,
             "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Feedback")}}},
-            "responses": _responses(codes("400", "401", "404", "413", "503"),
+            "responses": _responses(codes("400", "401", "404", "408", "413", "415", "503"),
                                     {"description": "Stored (idempotent)",
                                      "content": {_JSON: {"schema": _ref("FeedbackReceipt")}}}),
         }}
