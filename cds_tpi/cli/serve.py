@@ -106,7 +106,8 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
                                port=config.port, workers=config.workers, log_level=log_level,
                                log_config=log_config(log_level, log_format), server_header=False, proxy_headers=False,
                                timeout_graceful_shutdown=10, limit_concurrency=config.limit_concurrency,
-                               timeout_keep_alive=config.timeout_keep_alive)
+                               timeout_keep_alive=config.timeout_keep_alive,
+                               http="cds_tpi.service.protocol:HeaderTimeoutProtocol")  # header deadline
     server = uvicorn.Server(uv_config)
     try:
         if config.workers > 1:

@@ -83,6 +83,7 @@ class ServiceConfig:
     # Host header values served; empty = public_base_url's host (required with issuers), or the
     # loopback names and `host` in open mode
     allowed_hosts: tuple[str, ...] = ()
+    header_read_timeout: float = 10.0  # seconds to receive a request's line and headers (protocol.py)
     body_read_timeout: float = 10.0  # seconds to receive a request body (slow clients)
     limit_concurrency: int = 200  # uvicorn: connections + tasks per worker, then 503
     timeout_keep_alive: int = 5  # uvicorn: seconds an idle keep-alive connection is kept

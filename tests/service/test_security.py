@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 from pathlib import Path
 import copy
 import time
@@ -394,13 +395,46 @@ def test_a_body_that_never_arrives_gets_408_and_discovery_still_answers(start_se
             s.close()
 
 
-def test_serve_passes_the_connection_limits_to_uvicorn(tmp_path):
-    from cds_tpi.service.config import from_mapping
+def test_serve_closes_slow_header_connections_and_keeps_serving(tmp_path):
+    """`cds-tpi serve` itself: 150 connections that send a request line and a header byte now and then
+    (slowloris) are closed after header_read_timeout; discovery answers during and after."""
+    import socket
+    import subprocess
+    import sys
 
-    config = from_mapping({"limit_concurrency": 50, "timeout_keep_alive": 3})
-    assert (config.limit_concurrency, config.timeout_keep_alive) == (50, 3)
-    source = (Path(__file__).parents[2] / "cds_tpi" / "cli" / "serve.py").read_text()
-    assert "limit_concurrency=config.limit_concurrency" in source and "timeout_keep_alive=config.timeout_keep_alive" in source
+    from conftest import REPO, wait_http
+
+    port = free_port()
+    (tmp_path / "service.yaml").write_text("header_read_timeout: 1.0\nbody_read_timeout: 1.0\nlimit_concurrency: 100\n")
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", "from cds_tpi.cli.serve import serve; serve()", "--port", str(port),
+                             "--database-url", f"sqlite:///{tmp_path}/s.sqlite3", "--config", str(tmp_path / "service.yaml")],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    sockets = []
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=proc)
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /cds-services HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+            sockets.append(s)
+        time.sleep(1.5)
+        closed = 0
+        for s in sockets:
+            s.settimeout(0.2)
+            try:
+                closed += s.recv(100) == b""
+            except ConnectionResetError:
+                closed += 1
+            except socket.timeout:  # still open
+                pass
+        assert closed == len(sockets), f"{closed} of {len(sockets)} slow-header connections closed"
+        r = httpx.get(f"http://127.0.0.1:{port}/cds-services", timeout=5)
+        assert r.status_code == 200
+    finally:
+        for s in sockets:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=15)
 
 
 # --- 8. aud from the Host header / trusted hosts --------------------------------------------------
