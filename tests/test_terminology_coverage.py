@@ -49,6 +49,8 @@ PRODUCTS = [
     ("213169", {"p2y12-inhibitors", "anticoagulants"}),   # clopidogrel 75 MG [Plavix]
     ("855816", {"p2y12-inhibitors"}),                     # prasugrel 10 MG [Effient]
     ("1116635", {"p2y12-inhibitors"}),                    # ticagrelor 90 MG Oral Tablet
+    ("1116639", {"p2y12-inhibitors"}),                    # ticagrelor 90 MG Oral Tablet [Brilinta] (SBD)
+    ("1666334", {"p2y12-inhibitors"}),                    # ticagrelor 60 MG Oral Tablet [Brilinta] (SBD)
     ("1116632", {"p2y12-inhibitors"}),                    # ticagrelor (ingredient)
     ("313406", {"p2y12-inhibitors"}),                     # ticlopidine 250 MG
     # injectate agents: a combination product is in the anesthetic's set AND in epinephrine
