@@ -29,5 +29,6 @@ ENV CDS_TPI_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"
+    CMD python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4)" \
+        "http://127.0.0.1:${CDS_TPI_PORT}/health"
 ENTRYPOINT ["cds-tpi", "serve"]
