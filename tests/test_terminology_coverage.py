@@ -60,6 +60,14 @@ PRODUCTS = [
     ("107602", {"lidocaine", "epinephrine", "local-anesthetics"}),
     ("107606", {"bupivacaine", "epinephrine", "local-anesthetics", "local-anesthetics-amide"}),
     ("1012792", {"epinephrine", "local-anesthetics-amide", "local-anesthetics"}),  # mepivacaine + epinephrine
+    # plain lidocaine SCDs (VSAC 2.16.840.1.113762.1.4.1021.73): lidocaine and the amide/any-local-anesthetic sets
+    ("1010033", {"lidocaine", "local-anesthetics-amide", "local-anesthetics"}),  # lidocaine HCl 10 MG/ML Injectable Solution
+    ("1010671", {"lidocaine", "local-anesthetics-amide", "local-anesthetics"}),  # lidocaine HCl 20 MG/ML Injectable Solution
+    ("1737566", {"lidocaine", "local-anesthetics"}),                           # 5 ML lidocaine HCl 10 MG/ML Injection
+    ("1012066", {"lidocaine", "local-anesthetics"}),                           # 5 ML lidocaine HCl 10 MG/ML Prefilled Syringe
+    # lidocaine with epinephrine 1:200,000
+    ("1867938", {"lidocaine", "epinephrine", "local-anesthetics-amide", "local-anesthetics"}),
+    ("1868028", {"lidocaine", "epinephrine", "local-anesthetics"}),
 ]
 
 
@@ -71,6 +79,8 @@ def test_product_code_without_display_matches(term, code, expected):
 
 def test_plain_anesthetics_are_not_epinephrine_products(term):
     assert "epinephrine" not in _sets(term, RX, "6387")      # lidocaine (ingredient)
+    for code in ("1010900", "1010033", "1010671", "1737636", "1737763", "1012068"):   # plain lidocaine HCl injectables
+        assert "epinephrine" not in _sets(term, RX, code), code
     assert "lidocaine" not in _sets(term, RX, "107606")      # bupivacaine / epinephrine
 
 
