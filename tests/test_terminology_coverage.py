@@ -68,6 +68,16 @@ PRODUCTS = [
     # lidocaine with epinephrine 1:200,000
     ("1867938", {"lidocaine", "epinephrine", "local-anesthetics-amide", "local-anesthetics"}),
     ("1868028", {"lidocaine", "epinephrine", "local-anesthetics"}),
+    # injectable corticosteroids (HL7 PDDI-CDS value sets, RxNorm 2018-07; NDC cross-check in openFDA)
+    ("1085754", {"corticosteroids"}),                     # triamcinolone acetonide 40 MG/ML Injectable Suspension
+    ("1085756", {"corticosteroids"}),                     # ... [Kenalog] (Kenalog-40, SBD)
+    ("1085752", {"corticosteroids"}),                     # triamcinolone acetonide 10 MG/ML ... [Kenalog] (Kenalog-10)
+    ("1358610", {"corticosteroids"}),                     # methylprednisolone acetate 40 MG/ML Injectable Suspension
+    ("1358619", {"corticosteroids"}),                     # methylprednisolone acetate 80 MG/ML ... [Depo-Medrol]
+    ("309696", {"corticosteroids"}),                      # dexamethasone (sodium) phosphate 10 MG/ML Injectable Solution
+    ("1116927", {"corticosteroids"}),                     # dexamethasone (sodium) phosphate 4 MG/ML Injectable Solution
+    ("578806", {"corticosteroids"}),                      # betamethasone 3 / betamethasone acetate 3 MG/ML [Celestone Soluspan]
+    ("1358498", {"corticosteroids", "lidocaine", "local-anesthetics"}),  # lidocaine 10 / methylprednisolone acetate 40 MG/ML
 ]
 
 
