@@ -6,7 +6,8 @@ but the event loop stays free for discovery, health, feedback and the FHIR fetch
 A call that is not evaluated within `evaluation_timeout` seconds (queue wait included) is answered
 503 with Retry-After; if it was still queued it is dropped, never run. A thread cannot be killed:
 an evaluation that overran keeps the thread until it ends, and `/health` reports it so an
-orchestrator can replace the worker."""
+orchestrator can replace the worker. The thread is a daemon, so a worker told to stop is not held
+up by it (a ThreadPoolExecutor's threads are joined at exit)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,14 +32,27 @@ class EvaluationRunner:
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cds-tpi-eval")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="cds-tpi-eval", daemon=True)
+        self._thread.start()
         self._running_since: float | None = None
         self.timeouts = 0
 
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up while it was queued
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # handed to the caller
+                future.set_exception(e)
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on the evaluation thread; HttpError 503 when the deadline passes."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(self._timed, fn, *args, **kwargs))
+        work: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((work, functools.partial(self._timed, fn, *args, **kwargs)))
+        future = asyncio.wrap_future(work)  # cancelling it (the deadline) cancels queued work
         try:
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
@@ -62,4 +78,4 @@ class EvaluationRunner:
 
     def close(self) -> None:
         """Stop taking work; an evaluation still running is not waited for."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._queue.put(None)

@@ -640,3 +640,26 @@ def test_an_old_audit_table_gets_the_caller_column(tmp_path):
     storage.create_schema()  # idempotent
     assert "caller" in {c["name"] for c in sa.inspect(storage.engine).get_columns("audit")}
     storage.dispose()
+
+
+def test_the_evaluation_thread_does_not_hold_a_stopping_worker():
+    import asyncio
+
+    from cds_tpi.service.evaluation import EvaluationRunner
+    from cds_tpi.service.outcomes import HttpError
+
+    runner = EvaluationRunner(0.2)
+    assert runner._thread.daemon
+
+    async def main():
+        ran = []
+        slow = asyncio.ensure_future(runner.run(time.sleep, 0.6))
+        queued = asyncio.ensure_future(runner.run(ran.append, "queued"))
+        for task in (slow, queued):
+            with pytest.raises(HttpError):
+                await task
+        await asyncio.sleep(0.6)
+        assert ran == []  # dropped at its deadline, never run
+        assert await runner.run(lambda: 42) == 42
+    asyncio.run(main())
+    runner.close()
