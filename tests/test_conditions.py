@@ -53,6 +53,7 @@ def test_the_registry_has_one_class_per_operator_of_the_schema():
      {"$gt": {"dose_mg": {"$mul": {"$l": {"w": "value"}, "$r": 4.5}}}}),
     ({"dose_mg": {"gte": {"mul": [{"param": "per_kg"}, {"ref": "w.value"}]}}}, Gte,  # the reference goes left
      {"$gte": {"dose_mg": {"$mul": {"$l": {"w": "value"}, "$r": 4.5}}}}),
+    ({"dose_mg": {"gt": {"mul": [{"param": "per_kg"}, 2]}}}, Gt, {"$gt": {"dose_mg": 9.0}}),  # constants folded
     ({"status": {"in": ["a", "b"]}}, In, {"$or": [{"status": "a"}, {"status": "b"}]}),
     ({"status": {"in": ["a"]}}, In, {"status": "a"}),
     ({"vs": {"any": ["anticoagulants", "lidocaine"]}}, Any_, {"$iany": {"vs": {"$or": [{"$i": "vs-ac"}, {"$i": "vs-lido"}]}}}),
@@ -155,11 +156,16 @@ def test_check_each_operator():
     assert messages(parse_where({"region": "nowhere"}), fact="site") == ["unknown value set 'nowhere'"]
     assert messages(parse_where({"region": "unknown"}), fact="site") == []
     assert messages(parse_where({"dose_mg": {"gt": {"param": "mx"}}})) == ["unknown param 'mx' (declare it under params)"]
-    assert messages(parse_where({"dose_mg": {"gt": {"ref": "w.value"}}})) == [
+    assert messages(parse_where({"dose_mg": {"ref": "w.value"}})) == [
         "ref 'w.value': no earlier (present) pattern 'w' in this alternative"]
-    assert messages(parse_where({"dose_mg": {"gt": {"ref": "w.colour"}}}), earlier={"w": "observation"}) == [
+    assert messages(parse_where({"dose_mg": {"ref": "w.colour"}}), earlier={"w": "observation"}) == [
         "ref 'w.colour': a observation fact has no field 'colour'"]
-    assert messages(parse_where({"dose_mg": {"gt": {"ref": "w.value"}}}), earlier={"w": "observation"}) == []
+    assert messages(parse_where({"dose_mg": {"ref": "w.value"}}), earlier={"w": "observation"}) == []
+    # only equality joins: durable-rules segfaults on a false gt/ne/... join (tests/test_oracle.py)
+    for op in ("ne", "lt", "lte", "gt", "gte"):
+        found = messages(parse_where({"dose_mg": {op: {"mul": [{"ref": "w.value"}, 2]}}}), earlier={"w": "observation"})
+        assert len(found) == 1 and found[0].startswith(f"'{op}' against a ref: durable-rules crashes"), found
+    assert messages(parse_where({"dose_mg": {"gt": {"mul": [{"param": "max"}, 2]}}})) == []
     unknown = messages(parse_where({"colour": {"eq": "red", "ne": "blue"}}))
     assert len(unknown) == 1 and unknown[0].startswith("unknown field 'colour'")
     assert messages(parse_where({"or": [{"vs": {"none": ["lidocaine"]}}, {"status": "a"}]}), fact="medication") == [
