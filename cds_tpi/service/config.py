@@ -77,6 +77,7 @@ class ServiceConfig:
     # may add its own); open mode with none: loopback only. https only, except loopback or this flag.
     allowed_fhir_servers: tuple[str, ...] = ()
     fhir_allow_http: bool = False
+    fhir_ca_file: str | None = None  # PEM CA certificates trusted for FHIR servers, besides the public CAs
     fhir_max_connections_per_host: int = 8  # FHIR requests in flight per server, all calls together
     fhir_max_bytes_per_call: int = 8 * 1024 * 1024  # all fallback fetches of one call, decompressed
     fhir_max_entries_per_call: int = 10_000

@@ -158,12 +158,16 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool built on `GuardedBackend`."""
+    """httpx's transport with its connection pool built on `GuardedBackend`. TLS: the public CAs
+    (certifi) plus `ca_file` (a hospital's own CA), host names verified."""
 
-    def __init__(self, limits: httpx.Limits):
+    def __init__(self, limits: httpx.Limits, ca_file: str | None = None):
         super().__init__(limits=limits, trust_env=False)
+        ssl_context = httpx.create_ssl_context(trust_env=False)
+        if ca_file:
+            ssl_context.load_verify_locations(cafile=ca_file)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=limits.max_connections,
+            ssl_context=ssl_context, max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
             network_backend=GuardedBackend())
 
@@ -173,10 +177,12 @@ class FhirClient:
     redirects, no proxies from the environment, and at most `per_host` requests in flight per
     FHIR server (scheme, host, port)."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float, per_host: int, max_connections: int = 100):
+    def __init__(self, *, connect_timeout: float, read_timeout: float, per_host: int, max_connections: int = 100,
+                 ca_file: str | None = None):
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-                                      follow_redirects=False, trust_env=False, transport=_GuardedTransport(limits))
+                                      follow_redirects=False, trust_env=False,
+                                      transport=_GuardedTransport(limits, ca_file))
         self.per_host = per_host
         self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
 

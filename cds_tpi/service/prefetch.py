@@ -65,7 +65,7 @@ def new_client(config: ServiceConfig) -> FhirClient:
     """The shared FHIR client: short timeouts, no redirects (a redirect could leave the FHIR host),
     checked addresses, per-host limits (outbound.py)."""
     return FhirClient(connect_timeout=config.fhir_connect_timeout, read_timeout=config.fhir_read_timeout,
-                      per_host=config.fhir_max_connections_per_host)
+                      per_host=config.fhir_max_connections_per_host, ca_file=config.fhir_ca_file)
 
 
 def fetch_refusal(fhir_server: str, config: ServiceConfig, issuer: Issuer | None) -> str | None:

@@ -663,3 +663,65 @@ def test_the_evaluation_thread_does_not_hold_a_stopping_worker():
         assert await runner.run(lambda: 42) == 42
     asyncio.run(main())
     runner.close()
+
+
+# --- TLS to the FHIR server through the guarded connections -------------------------------------------
+
+def _self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for `name` (also its CA): (cert file, key file)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    san = [x509.DNSName(name)] + ([x509.IPAddress(ipaddress.ip_address(name))] if name[0].isdigit() else [])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1)).add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize(("cert_name", "expected"), [("localhost", 200), ("fhir.other.example", 412)])
+def test_https_fhir_servers_are_verified_against_the_configured_ca(start_service, evaluator, tmp_path, cert_name, expected):
+    """https through the address-checking connections: the certificate must be valid for the name
+    in fhirServer (a certificate for another name is refused), with a hospital CA from fhir_ca_file."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from conftest import ThreadServer, patient_resources
+
+    resources = patient_resources()
+
+    async def handle(request):
+        rest = request.path_params["rest"]
+        kind = rest.split("/")[0]
+        matches = [r for r in resources.values() if r["resourceType"] == kind]
+        if "/" in rest:
+            return JSONResponse(matches[0]) if matches else JSONResponse({"resourceType": "OperationOutcome"}, 404)
+        return JSONResponse({"resourceType": "Bundle", "type": "searchset", **({"entry": [{"resource": m} for m in matches]}
+                                                                                 if matches else {})})
+
+    cert, key = _self_signed(tmp_path, cert_name)
+    server = ThreadServer(Starlette(routes=[Route("/fhir/{rest:path}", handle)]))
+    server.server.config.ssl_certfile, server.server.config.ssl_keyfile = cert, key
+    server.start()
+    try:
+        base = f"https://localhost:{server.port}/fhir"
+        service = start_service(evaluator, allowed_fhir_servers=(base,), fhir_ca_file=cert)
+        r = service.post("/cds-services/tpi-order-sign", fallback_request(base))
+        assert r.status_code == expected, r.text
+    finally:
+        server.server.force_exit = True
+        server.stop()
