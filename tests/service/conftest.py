@@ -314,6 +314,15 @@ class StubState:
         self.requests: list[tuple[str, str | None]] = []  # (path+query, Authorization)
 
 
+def _as_patient(resource: dict, patient_id: str) -> dict:
+    """resource with its subject/patient reference pointing to Patient/patient_id."""
+    out = dict(resource)
+    for key in ("subject", "patient"):
+        if isinstance(out.get(key), dict) and str(out[key].get("reference", "")).startswith("Patient/"):
+            out[key] = {**out[key], "reference": f"Patient/{patient_id}"}
+    return out
+
+
 def _stub_app(state: StubState) -> Starlette:
     """FHIR base `{url}/{mode}`; modes: ok, slow, error500, garbage, wrongtype, loop, foreign, endless, pages."""
     resources = patient_resources()
@@ -331,11 +340,18 @@ def _stub_app(state: StubState) -> Starlette:
             return Response(b"<html>\x00\xff not json", media_type="application/fhir+json")
         if mode == "wrongtype":
             return JSONResponse({"resourceType": "Basic"})
+        # The stub holds one patient's records and answers them as the asked-for patient's: the service
+        # refuses records of another patient, so a read of Patient/X is Patient X, a search for patient=X
+        # gives records whose subject is Patient/X.
         if "/" in rest:  # a read
             found = next((r for r in resources.values() if r["resourceType"] == resource_type), None)
+            if found and resource_type == "Patient":
+                found = {**found, "id": rest.split("/", 1)[1]}
             return JSONResponse(found) if found else JSONResponse({"resourceType": "OperationOutcome"}, status_code=404)
+        asked = request.query_params.get("patient") or request.query_params.get("subject")
+        records = {k: _as_patient(r, asked.rsplit("/", 1)[-1]) for k, r in resources.items()} if asked else resources
         page = int(request.query_params.get("page", "1"))
-        matches = [r for r in resources.values() if r["resourceType"] == resource_type]
+        matches = [r for r in records.values() if r["resourceType"] == resource_type]
         bundle = {"resourceType": "Bundle", "type": "searchset"}
         if mode == "pages":  # three pages, one resource each (the same resource, different ids)
             bundle["entry"] = [{"resource": {**m, "id": f"{m['id']}-p{page}"}} for m in matches]
