@@ -41,6 +41,7 @@ NOT_FETCHED = "could not be fetched from the FHIR server"
 TIMED_OUT = "FHIR server timed out"
 TOO_LARGE = "FHIR data too large for this service's limits"
 NOT_ALLOWED = "fhirServer is not an allowed FHIR server for this service"
+_DECODE_STEP = 1 << 16  # bytes decompressed per step (gzip expands up to ~1000x)
 
 
 class FetchFailed(Exception):
@@ -226,21 +227,27 @@ class _Fetcher:
             raise self._failed(f"content-encoding {encoding[:20]!r}")
         decoder = zlib.decompressobj(47) if encoding not in ("identity", "") else None  # 47: gzip or zlib header
         body = bytearray()
-        async for chunk in response.aiter_raw():
-            while chunk:
+
+        def take(piece: bytes) -> None:
+            self.bytes_left -= len(piece)
+            if self.bytes_left < 0:
+                raise self._failed(f"over the call's budget of {self.config.fhir_max_bytes_per_call} bytes", TOO_LARGE)
+            body.extend(piece)
+
+        try:
+            async for chunk in response.aiter_raw():
                 if decoder is None:
-                    piece, chunk = chunk, b""
-                else:
-                    try:
-                        piece = decoder.decompress(chunk, self.bytes_left + 1)
-                    except zlib.error:
-                        raise self._failed("undecodable compressed body") from None
+                    take(chunk)
+                    continue
+                while chunk:  # bounded steps: never more than _DECODE_STEP bytes decoded at once
+                    if self.bytes_left < 0:  # spent by another key of this call
+                        raise self._failed("the call's byte budget is spent", TOO_LARGE)
+                    take(decoder.decompress(chunk, _DECODE_STEP))  # (a max_length of 0 would mean "no limit")
                     chunk = decoder.unconsumed_tail
-                self.bytes_left -= len(piece)
-                if self.bytes_left < 0:
-                    raise self._failed(f"over the call's budget of {self.config.fhir_max_bytes_per_call} bytes",
-                                       TOO_LARGE)
-                body += piece
+            while decoder is not None and (piece := decoder.decompress(b"", _DECODE_STEP)):
+                take(piece)  # output still pending inside the decoder
+        except zlib.error:
+            raise self._failed("undecodable compressed body") from None
         return bytes(body)
 
 
