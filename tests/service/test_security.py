@@ -169,7 +169,7 @@ class Stub:
             if mode == "slow" or (mode == "slowobs" and resource_type == "Observation") or (
                     mode == "slowallergy" and resource_type == "AllergyIntolerance"):
                 await asyncio.sleep(10)
-            if mode == "gzipbomb" and resource_type == "Observation":
+            if (mode == "gzipbomb" and resource_type == "Observation") or mode == "allbombs":
                 return Response(bomb, media_type="application/fhir+json", headers={"Content-Encoding": "gzip"})
             if "/" in rest:
                 found = next((r for r in resources.values() if r["resourceType"] == resource_type), None)
@@ -330,6 +330,15 @@ def test_a_gzip_bomb_is_not_decoded_beyond_the_budget(start_service, evaluator, 
     assert r.status_code == 200, r.text  # observations are optional: a missing-data card says why
     assert "too large" in _missing(r)
     assert stub.requests[-1][1].get("accept-encoding") == "identity"
+
+
+def test_gzip_bombs_on_every_key_share_one_budget(start_service, evaluator, stub):
+    """Seven bombs at once: each key stops at the shared budget, none decodes beyond it (a key that
+    found the budget spent by another once decoded without limit: zlib's max_length 0 = no limit)."""
+    service = start_service(evaluator, fhir_max_bytes_per_call=1_000_000)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("allbombs")))
+    assert r.status_code == 412
+    assert all(d.endswith("FHIR data too large for this service's limits") for d in _diagnostics(r)), _diagnostics(r)
 
 
 def test_entries_are_budgeted_per_call(start_service, evaluator, stub):
