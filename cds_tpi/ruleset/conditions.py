@@ -184,17 +184,19 @@ class Mul(Value):
         return f"{self.left} × {self.right}"
 
 
+# The value registry: the key of a value mapping -> how to build it.
+VALUES = {
+    "param": lambda raw: Param(raw),
+    "ref": lambda raw: Ref(*raw.partition(".")[::2]),
+    "mul": lambda raw: Mul(parse_value(raw[0]), parse_value(raw[1])),
+}
+
+
 def parse_value(raw) -> Value:
-    """A value as written in a rule (schema-valid)."""
-    if isinstance(raw, dict):
-        if "param" in raw:
-            return Param(raw["param"])
-        if "ref" in raw:
-            pattern, _, field = raw["ref"].partition(".")
-            return Ref(pattern, field)
-        if "mul" in raw:
-            left, right = raw["mul"]
-            return Mul(parse_value(left), parse_value(right))
+    """A value as written in a rule (schema-valid): a literal, or a one-key mapping from VALUES."""
+    if isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in VALUES:
+        key, arg = next(iter(raw.items()))
+        return VALUES[key](arg)
     return Literal(raw)
 
 
@@ -587,7 +589,7 @@ OPERATORS: dict[str, type] = {c.keyword: c for c in (Eq, Ne, Lt, Lte, Gt, Gte, I
 
 def _operators(cond) -> dict:
     """A field's condition as {keyword: value}: a bare value (literal, param, ref, mul) means eq."""
-    if isinstance(cond, dict) and not (set(cond) & {"param", "ref", "mul"}):
+    if isinstance(cond, dict) and not (set(cond) & set(VALUES)):
         return cond
     return {Eq.keyword: cond}
 
