@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InputError
-from .fhir.datatypes import codeable, display
+from .fhir.datatypes import codeable
 from .ruleset.records import AgentLimit, RecordPolicy
 
 MAX_TEXT = 512  # characters of a product name read for strengths (names are short; bounds the regex work)
@@ -387,4 +387,4 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
 
 
 __all__ = ["is_tpi", "is_tpi_order", "Product", "Dose", "ordered_dose", "agent_strength", "agent_doses", "dose_facts",
-           "strengths_in", "Injectate", "parse_injectates", "synthesize", "display"]
+           "strengths_in", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]
