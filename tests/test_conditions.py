@@ -7,7 +7,7 @@ import pytest
 
 from cds_tpi.errors import RuleError
 from cds_tpi.ruleset.conditions import (OPERATORS, All, Any_, CheckContext, Env, Eq, Exists, Gt, Gte, In, Lt, Lte, Mul,
-                                        Ne, None_, Or, Param, Ref, check_conditions, parse_value, parse_where)
+                                        Ne, Or, Param, Ref, check_conditions, parse_value, parse_where)
 from cds_tpi.ruleset.facttypes import FACT_FIELDS
 
 

@@ -37,8 +37,8 @@ from cds_tpi.fhir.read import Document, read_bytes
 from cds_tpi.findings import collect
 from cds_tpi.ruleset import load_rulebook
 from cds_tpi.ruleset.compile import compile_rules
-from cds_tpi.ruleset.conditions import Comparison, Env, Literal, Or, _ListOp, In
-from cds_tpi.ruleset.facttypes import FACT_FIELDS, VALUESET_FIELDS
+from cds_tpi.ruleset.conditions import Comparison, Env, In, Or, _ListOp
+from cds_tpi.ruleset.facttypes import FACT_FIELDS
 from cds_tpi.ruleset.match import evaluate_rules
 from cds_tpi.ruleset.model import Alternative, Pattern, Rule
 

@@ -19,7 +19,7 @@ probe rules of negations. Grammar mapping (rules/README.md has the user view):
 from __future__ import annotations
 
 from .conditions import Condition, Env, parse_value
-from .model import Pattern, Rule
+from .model import Rule
 
 
 def durable_name(rule_id: str, alt_index: int, probe: int | None = None) -> str:

@@ -394,63 +394,19 @@ class Gte(Comparison):
 
 
 @dataclass(frozen=True)
-class In(Condition):
-    """The field equals one of the listed literals (value set names on value set fields)."""
-
-    keyword: ClassVar[str] = "in"
-    field: str
-    values: tuple
-    at: tuple = ()
-
-    @classmethod
-    def parse(cls, field, raw, at):
-        return cls(field, tuple(raw), at)
-
-    def _ids(self, terminology, strict=True):
-        if self.field not in VALUESET_FIELDS:
-            return list(self.values)
-        if strict:
-            return [resolve_valueset(v, terminology) for v in self.values]
-        return [(terminology.resolve(v) if terminology else None) or v for v in self.values]
-
-    def compile(self, params, terminology):
-        ids = self._ids(terminology)
-        return {"$or": [{self.field: v} for v in ids]} if len(ids) > 1 else {self.field: ids[0]}
-
-    def check(self, ctx, pointer):
-        return _check_valuesets(self, ctx, pointer)
-
-    def evaluate(self, fact, env):
-        actual = fact.get(self.field, MISSING)
-        return actual is not MISSING and actual is not None and any(
-            _comparable(actual, v) and actual == v for v in self._ids(env.terminology, strict=False))
-
-    def describe(self, env=None):
-        return f"{self.field} in [{', '.join(map(str, self.values))}]"
-
-
-def _check_valuesets(cond, ctx: CheckContext, pointer) -> list[Issue]:
-    if cond.field not in VALUESET_FIELDS:
-        return []
-    at = pointer + cond.at
-    return [issue(at + (i,), f"unknown value set '{name}'")
-            for i, name in enumerate(cond.values) if not _vs_known(name, ctx.terminology)]
-
-
-@dataclass(frozen=True)
-class _ListOp(Condition):
-    """any / all / none: a list field and value set ids (or literals on other list fields)."""
+class _Listed(Condition):
+    """An operator with a list of literals: value set names on value set fields (resolved to ids)."""
 
     field: str
     values: tuple
     at: tuple = ()
-    word: ClassVar[str] = ""
 
     @classmethod
     def parse(cls, field, raw, at):
         return cls(field, tuple(raw), at)
 
     def ids(self, terminology, strict=True) -> list:
+        """The values, value set names resolved (strict: an unknown name is a RuleError)."""
         if self.field not in VALUESET_FIELDS:
             return list(self.values)
         if strict:
@@ -458,9 +414,39 @@ class _ListOp(Condition):
         return [(terminology.resolve(v) if terminology else None) or v for v in self.values]
 
     def check(self, ctx, pointer):
-        return _check_valuesets(self, ctx, pointer)
+        if self.field not in VALUESET_FIELDS:
+            return []
+        at = pointer + self.at
+        return [issue(at + (i,), f"unknown value set '{name}'")
+                for i, name in enumerate(self.values) if not _vs_known(name, ctx.terminology)]
 
-    def _held(self, fact, env) -> list | None:
+
+@dataclass(frozen=True)
+class In(_Listed):
+    """The field equals one of the listed literals."""
+
+    keyword: ClassVar[str] = "in"
+
+    def compile(self, params, terminology):
+        ids = self.ids(terminology)
+        return {"$or": [{self.field: v} for v in ids]} if len(ids) > 1 else {self.field: ids[0]}
+
+    def evaluate(self, fact, env):
+        actual = fact.get(self.field, MISSING)
+        return actual is not MISSING and actual is not None and any(
+            _comparable(actual, v) and actual == v for v in self.ids(env.terminology, strict=False))
+
+    def describe(self, env=None):
+        return f"{self.field} in [{', '.join(map(str, self.values))}]"
+
+
+@dataclass(frozen=True)
+class _ListOp(_Listed):
+    """any / all / none: what a list field holds."""
+
+    word: ClassVar[str] = ""
+
+    def _held(self, fact) -> list | None:
         actual = fact.get(self.field)
         return actual if isinstance(actual, list) else None
 
@@ -482,7 +468,7 @@ class Any_(_ListOp):
         return (self.field, "non-empty") if self.field in VALUESET_FIELDS else None
 
     def evaluate(self, fact, env):
-        held = self._held(fact, env)
+        held = self._held(fact)
         return held is not None and any(v in held for v in self.ids(env.terminology, strict=False))
 
 
@@ -499,7 +485,7 @@ class All(_ListOp):
         return (self.field, "non-empty") if self.field in VALUESET_FIELDS else None
 
     def evaluate(self, fact, env):
-        held = self._held(fact, env)
+        held = self._held(fact)
         return held is not None and all(v in held for v in self.ids(env.terminology, strict=False))
 
 
@@ -523,7 +509,7 @@ class None_(_ListOp):
         return tuple(All(self.field, (v,), self.at) for v in self.values)
 
     def evaluate(self, fact, env):
-        held = self._held(fact, env)
+        held = self._held(fact)
         return held is None or not any(v in held for v in self.ids(env.terminology, strict=False))
 
 
