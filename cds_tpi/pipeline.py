@@ -99,31 +99,32 @@ class Evaluator:
         """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
         return planned.is_tpi_order(resources, self.book.terminology, self.book.records)
 
-    def _relevant(self, r: dict) -> bool:
-        rt = r.get("resourceType")
-        if rt not in READ_TYPES:
-            return False
-        if rt == "Observation":  # only observations some value set knows are read; skip the rest unvalidated
-            codes, _ = _codeable(r.get("code"))
-            return bool(self.book.terminology.match(codes, []).by_code)
-        return True
+    def _lab_sets(self, r: dict) -> frozenset:
+        """The value sets an Observation's codes are in (labs are matched by code only)."""
+        codes, _ = _codeable(r.get("code"))
+        return self.book.terminology.match(codes, []).by_code
 
     def _accept_all(self, located: list, skipped: list[str], gaps: list, unread: dict | None = None,
                     now: datetime | None = None) -> list:
         """The located resources the facts stage reads and that are valid FHIR; the others are
-        named in `skipped` and, as gaps, in the missing-data card."""
-        candidates = []
+        named in `skipped` and, as gaps, in the missing-data card. Observations no value set knows are
+        not read (nor validated)."""
+        candidates, labs = [], []
         for loc in located:
             r = loc.resource
-            if not isinstance(r, dict) or not isinstance(r.get("resourceType"), str):
+            rt = r.get("resourceType") if isinstance(r, dict) else None
+            if not isinstance(rt, str):
                 skipped.append(f"{loc.location}: not a FHIR resource")
                 gaps.append((loc.location, f"a record at {loc.location} that is not a FHIR resource"))
-            elif self._relevant(r):
+            elif rt == "Observation":
+                sets = self._lab_sets(r)
+                if sets:
+                    labs.append((loc, sets))
+            elif rt in READ_TYPES:
                 candidates.append(loc)
-        labs: list = []
-        if self._latest_only and unread is not None:
-            labs = [loc for loc in candidates if loc.resource.get("resourceType") == "Observation"]
-            candidates = [loc for loc in candidates if loc.resource.get("resourceType") != "Observation"]
+        if not (self._latest_only and unread is not None):
+            candidates += [loc for loc, _ in labs]
+            labs = []
         accepted = [loc for loc, issues in zip(candidates, validate_resources([loc.resource for loc in candidates], self.fhir_version))
                     if self._valid(loc, issues, skipped, gaps)]
         if labs:
@@ -142,35 +143,41 @@ class Evaluator:
         return False
 
     def _newest_valid(self, labs: list, skipped: list[str], gaps: list, today) -> list:
-        """Of the observations, the ones a rule can read: per value set, the newest current result
-        that is valid FHIR (all of them on a tie). Only those are validated (validation is most of the
-        cost of a new patient's first evaluation); an invalid newer result is named and the next one
-        is taken, as if the invalid one had not been sent. Older results are not read at all."""
+        """Of the observations (with their value sets), the ones a rule can read: per value set, the
+        newest current result that is valid FHIR (all of them on a tie). Only those are validated
+        (validation is most of the cost of a new patient's first evaluation); an invalid newer result is
+        named and the next one is taken, as if it had not been sent. Older results are not read at all."""
         policy = self.book.records.for_type("Observation")
         by_vs: dict[str, list] = {}
-        for loc in labs:
+        for loc, sets in labs:
             r = loc.resource
             when = observation_date(r)
             if when is None or not is_current(r, policy, today):
                 continue  # never the latest: the facts stage would not read it
-            codes, _ = _codeable(r.get("code"))
-            for v in self.book.terminology.match(codes, []).by_code:
+            for v in sets:
                 by_vs.setdefault(v, []).append((when, loc))
-        verdict: dict[int, bool] = {}
-        chosen: dict[int, object] = {}
         for ranked in by_vs.values():
             ranked.sort(key=lambda pair: pair[0], reverse=True)
-            newest = None
+        verdict: dict[int, bool] = {}
+
+        def newest(ranked):
+            """The newest results of one value set, validating from the top until one is valid."""
+            top = None
             for when, loc in ranked:
-                if newest is not None and when < newest:
+                if top is not None and when < top:
                     break
-                key = id(loc)
-                if key not in verdict:
-                    verdict[key] = self._valid(loc, validate_resources([loc.resource], self.fhir_version)[0], skipped, gaps)
-                if verdict[key]:
-                    newest = when
-                    chosen[key] = loc
-        return [loc for loc in labs if id(loc) in chosen]
+                if id(loc) not in verdict:
+                    verdict[id(loc)] = self._valid(loc, validate_resources([loc.resource], self.fhir_version)[0], skipped, gaps)
+                if verdict[id(loc)]:
+                    top = when
+                    yield loc
+
+        # the usual case first: the newest of every value set, validated as one list (one cache look-up)
+        first = list({id(loc): loc for ranked in by_vs.values() for when, loc in ranked if when == ranked[0][0]}.values())
+        for loc, issues in zip(first, validate_resources([loc.resource for loc in first], self.fhir_version)):
+            verdict[id(loc)] = self._valid(loc, issues, skipped, gaps)
+        chosen = {id(loc) for ranked in by_vs.values() for loc in newest(ranked)}
+        return [loc for loc, _ in labs if id(loc) in chosen]
 
     def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""

@@ -8,19 +8,19 @@ Patient in the same input). A reference that cannot be resolved to a Patient id 
 from __future__ import annotations
 
 from .read import Located
-from .refs import ResourceIndex, normalize, ref_key
+from .refs import normalize, ref_key
 
 _SUBJECT_FIELDS = ("subject", "patient")
 _SHOWN = 5
 
 
-def _patient_id(reference, index: ResourceIndex) -> str | None:
+def _patient_id(reference, by_url: dict) -> str | None:
     """The Patient id a reference points to, or None when it is not (or not known to be) a Patient."""
     ref = reference.get("reference") if isinstance(reference, dict) else None
     if not isinstance(ref, str) or not ref or ref.startswith("#"):
         return None
-    target = index.resolve(ref)
-    if isinstance(target, dict):
+    target = by_url.get(ref)
+    if isinstance(target, dict):  # a fullUrl of this input (urn:uuid:...)
         return target.get("id") if target.get("resourceType") == "Patient" and isinstance(target.get("id"), str) else None
     key = normalize(ref)
     return key.split("/", 1)[1] if key.startswith("Patient/") else None
@@ -29,10 +29,7 @@ def _patient_id(reference, index: ResourceIndex) -> str | None:
 def patient_problems(located: list[Located], patient_id: str | None) -> tuple[str | None, list[str]]:
     """(the patient id, what does not belong to it). Problems: two Patients in one input, a Patient
     other than `patient_id`, records whose subject/patient is another patient."""
-    index = ResourceIndex()
-    for loc in located:
-        if isinstance(loc.resource, dict):
-            index.add(loc.resource, loc.full_url)
+    index = {loc.full_url: loc.resource for loc in located if loc.full_url}
     patients = {}
     for loc in located:
         r = loc.resource
@@ -48,12 +45,16 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
         problems += [f"Patient/{p} (at {where}) is not the patient of the request (Patient/{patient_id})"
                      for p, where in patients.items() if p != patient_id]
     seen: set[str] = set()
+    own = f"Patient/{patient_id}" if patient_id else None
     for loc in located:
         r = loc.resource
         if not isinstance(r, dict) or r.get("resourceType") == "Patient":
             continue
         for fld in _SUBJECT_FIELDS:
-            pid = _patient_id(r.get(fld), index)
+            value = r.get(fld)
+            if value is None or (own and isinstance(value, dict) and value.get("reference") == own):
+                continue  # the common case, decided without parsing
+            pid = _patient_id(value, index)
             if pid is None:
                 continue
             if patient_id is None:
