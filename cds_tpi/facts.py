@@ -32,6 +32,10 @@ class Inputs:
     unread: dict[str, int] = field(default_factory=dict)         # records given but not passed on (e.g. older labs), by type
 
 
+# The inventory count each record type adds to.
+COUNTED_AS = {"MedicationRequest": "medications", "MedicationStatement": "medications", "Condition": "conditions",
+              "AllergyIntolerance": "allergies", "Observation": "observations", "Procedure": "procedures", "Patient": "patient"}
+
 _ABATEMENT = ("abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString", "abatementBoolean")
 
 
@@ -252,12 +256,7 @@ class FactBuilder:
         product = planned.Product(name, vs, tuple(dict.fromkeys([name] + texts + named)), tuple(ingredients))
         return product, codes, texts + named
 
-    def _regions(self, codeables: list, extra_texts: list[str] = ()) -> list[str]:
-        codes, texts = [], list(extra_texts)
-        for cc in codeables:
-            c, t = _codeable(cc)
-            codes += c
-            texts += t
+    def _regions(self, codes: list, texts: list[str]) -> list[str]:
         vs, _ = self._member(codes, texts)
         return [v for v in self.policy.region_valuesets if v in vs]
 
@@ -273,7 +272,8 @@ class FactBuilder:
             self._emit("gap", ref=_printable(ref), what=_printable(gap_headline(text)), name=_printable(text))
 
         counts = dict(medications=0, allergies=0, conditions=0, procedures=0, observations=0, patient=0, orders=0, injectates=0, sites=0)
-        counts["observations"] += inputs.unread.get("Observation", 0)
+        for rt, n in inputs.unread.items():  # records given but not read (no rule could match them)
+            counts[COUNTED_AS[rt]] += n
         administrations = [r for r in record if r.get("resourceType") == "MedicationAdministration"]
         for r in record:
             rt = r.get("resourceType")
@@ -340,7 +340,12 @@ class FactBuilder:
         if onset:
             base["onset_days"] = age
         # the body site, else what the code says (an ICD-10-CM "cellulitis of back" code, its text)
-        regions = self._regions(list(r.get("bodySite") or []) + [r.get("code")], texts) or ["unknown"]
+        site_codes, site_texts = list(codes), list(texts)
+        sites = r.get("bodySite")
+        for cc in sites if isinstance(sites, list) else ():
+            c, t = _codeable(cc)
+            site_codes, site_texts = site_codes + c, site_texts + t
+        regions = self._regions(site_codes, site_texts) or ["unknown"]
         for region in regions:
             self._emit("condition", region=region, **base)
 

@@ -154,13 +154,12 @@ class Terminology:
 
     def match(self, codings: list[tuple[str, str]], texts: list[str]) -> Membership:
         """Membership of a thing described by (system, code) pairs and free texts (memoised)."""
-        codings = [canonical_coding(s, c) for s, c in codings]
         key = (tuple(codings), tuple(texts))
         hit = self._memo.get(key)
         if hit is None:
             if len(self._memo) > 50_000:  # bounded: distinct descriptions seen by this process
                 self._memo.clear()
-            hit = self._memo[key] = self._match(codings, texts)
+            hit = self._memo[key] = self._match([canonical_coding(s, c) for s, c in codings], texts)
         return hit
 
     def _match(self, codings, texts) -> Membership:
