@@ -140,7 +140,10 @@ def compile_template(source: str, kind: str = "markdown"):
 
 def render(source: str, context: dict, kind: str = "markdown") -> str:
     """Render a rule template; every printed value is made safe for `kind` (markdown, text, raw)."""
-    text = compile_template(source, kind).render(context).strip()
+    if "{" not in source:  # no expression, statement or comment: the rule author's text as it is
+        text = source.strip()
+    else:
+        text = compile_template(source, kind).render(context).strip()
     return MarkdownSafe(text) if kind == "markdown" else text
 
 
