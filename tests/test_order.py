@@ -259,3 +259,12 @@ def test_r5_cli_order_is_evaluated_not_skipped(evaluator_r5):
     ev = evaluator_r5.evaluate_document(doc, now=NOW)
     assert not ev.skipped
     assert _card(ev, "anesthetic-dose")["indicator"] == "critical"
+
+
+@pytest.mark.parametrize("text,tpi", [
+    ("INJECT TRIGGER POINTS 1 OR 2", True), ("PR INJ TRIGGER POINT 1/2 MUSCL", True), ("TPI 3+ muscles", True),
+    ("Trigger pt injection", True), ("Physical therapy evaluation", False), ("Joint injection, knee", False)])
+def test_tpi_orders_as_ehrs_name_them(book, text, tpi):
+    order = {"resourceType": "ServiceRequest", "status": "draft", "intent": "order",
+             "code": {"coding": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580", "code": "12345"}], "text": text}}
+    assert planned.is_tpi(order, book.terminology, book.records) is tpi
