@@ -300,6 +300,8 @@ class FactBuilder:
                 counts["procedures"] += 1
                 if self._current(r):
                     self._procedure(r, administrations)
+            elif rt == "MedicationAdministration" and self._current(r) and self._administered_tpi(r):
+                counts["procedures"] += 1
         self._build_observations()
         orders, injectates = self._orders(drafts)
         counts["orders"], counts["injectates"] = len(orders), len(injectates)
@@ -424,6 +426,43 @@ class FactBuilder:
         if when:
             fields["age_days"] = self._age_days(when)
         self._emit("procedure", **fields)
+
+    def _administered_tpi(self, a: dict) -> bool:
+        """A past trigger point injection recorded only as a MedicationAdministration (no Procedure it is
+        partOf in the record): a procedure fact when its reason, category, notes or dosage text/site say
+        it was a TPI (tpi_order_valuesets). Returns whether it was one."""
+        for p in a.get("partOf") or []:
+            target = self.index.resolve(p, a)
+            if isinstance(target, dict) and target.get("resourceType") == "Procedure":
+                return False  # read with its Procedure
+        codes, texts = [], []
+        concepts = list(a.get("reasonCode") or []) + [x for x in a.get("reason") or [] if isinstance(x, dict)]
+        category = a.get("category")  # R4: one CodeableConcept; R5: a list
+        concepts += category if isinstance(category, list) else [category]
+        dosage = a.get("dosage") if isinstance(a.get("dosage"), dict) else {}
+        concepts += [dosage.get("site"), dosage.get("route")]
+        for cc in concepts:
+            c, t = _codeable(cc)
+            codes, texts = codes + c, texts + t
+        if isinstance(dosage.get("text"), str):
+            texts.append(dosage["text"])
+        for note in a.get("note") or []:
+            if isinstance(note, dict) and isinstance(note.get("text"), str):
+                texts += self._affirmed(_CLAUSES.split(note["text"]))
+        vs, text_only = self._member(codes, texts)
+        if not set(vs) & set(self.policy.tpi_order_valuesets):
+            return False
+        med_codes, med_texts, name, _ = self._medication_of(a)
+        used_vs, _ = self._member(med_codes, med_texts)
+        # R4 effective[x]; R5 occurence[x] (spelt so in R5)
+        when = parse_date(a.get("effectiveDateTime") or _get(a.get("effectivePeriod"), "start")
+                          or a.get("occurenceDateTime") or _get(a.get("occurencePeriod"), "start"))
+        fields = dict(ref=ref_key(a) or "", name=f"{name} (administered as a trigger point injection)", vs=vs,
+                      text_only=text_only, used_vs=used_vs, status=a.get("status", ""))
+        if when:
+            fields["age_days"] = self._age_days(when)
+        self._emit("procedure", **fields)
+        return True
 
     # -- the planned order (what it is and its doses: order.py) ---------------------------------------
     def _weight_kg(self) -> float | None:

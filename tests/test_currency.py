@@ -175,3 +175,20 @@ def test_a_negation_cue_never_vetoes_a_coded_match(evaluator):
            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}, "bodySite": [{"text": "gluteus medius"}]}
     ev = evaluator.evaluate_resources([PATIENT, preg], draft_orders=[tpi, dict(steroid, basedOn=[{"reference": "ServiceRequest/tpi"}])], now=NOW)
     assert "pregnancy-steroid" in ev.rule_ids
+
+
+def _administration(reason: str, when: str = "2026-11-21", status: str = "completed") -> dict:
+    return {"resourceType": "MedicationAdministration", "id": "ma1", "status": status, "subject": {"reference": "Patient/p1"},
+            "medicationCodeableConcept": {"text": "triamcinolone acetonide 40 mg/mL injection"}, "effectiveDateTime": when,
+            "reasonCode": [{"text": reason}], "dosage": {"route": {"text": "Intramuscular"}, "dose": {"value": 40, "unit": "mg"}}}
+
+
+@pytest.mark.parametrize("reason,status,card", [
+    ("Trigger point injection, left trapezius", "completed", True),   # a past TPI recorded only as an administration
+    ("Allergic rhinitis", "completed", False),                        # an IM steroid shot for something else
+    ("Trigger point injection, left trapezius", "not-done", False)])
+def test_a_past_tpi_recorded_only_as_an_administration_counts(evaluator, reason, status, card):
+    tpi = {"resourceType": "ServiceRequest", "id": "tpi", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+           "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}, "bodySite": [{"text": "gluteus medius"}]}
+    ev = evaluator.evaluate_resources([PATIENT, _administration(reason, status=status)], draft_orders=[tpi], now=NOW)
+    assert ("repeat-interval" in ev.rule_ids) is card
