@@ -45,6 +45,10 @@ def test_every_current_status_is_reachable_through_the_prefetch(policy):
     for resource_type, rp in policy.resources.items():
         if resource_type == "ServiceRequest":  # the order itself comes in context.draftOrders
             continue
+        if resource_type == "MedicationAdministration":
+            # read when sent (a bundle, a prefetch an EHR fills itself); not a key of its own: an optional
+            # key most EHRs leave empty would put a missing-data note on nearly every call
+            continue
         assert resource_type in searched, f"{resource_type} is in records.yaml but no prefetch key fetches it"
         for key in (k for k in keys if k.resource_type == resource_type):
             for status in rp.status or ():
