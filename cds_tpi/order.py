@@ -155,8 +155,10 @@ def agent_strength(product: Product, agent: str, others: set[str], term, policy:
                 found |= strengths_in(part, policy)
         if len(found) == 1:
             return found.pop(), "strength in its name"
+    vasoconstrictor = policy.anesthetic_limits.vasoconstrictor_valueset if policy.anesthetic_limits else None
+    only_vasoconstrictor = others <= {vasoconstrictor}
     for text in product.texts:
-        if others <= {policy.anesthetic_limits.vasoconstrictor_valueset} if policy.anesthetic_limits else not others:
+        if only_vasoconstrictor:
             percents = _percents_in(text)
             if len(percents) == 1:
                 return percents.pop(), "percent strength in its name"
