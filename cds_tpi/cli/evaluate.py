@@ -18,7 +18,7 @@ from ..fhir.validate import model_class, unknown_type_message, version_hint
 from ..order import parse_injectates, synthesize
 from ..ruleset.model import SEVERITY
 from .injectate import check_injectates
-from .options import expand_inputs, fhir_version_option, max_bytes_option, read_input, rules_option
+from .options import expand_inputs, fhir_version_option, injectates_of, max_bytes_option, read_input, rules_option
 
 _MARK = {"critical": "CRITICAL", "warning": "WARNING ", "info": "INFO    "}
 
@@ -196,13 +196,7 @@ def evaluate(paths, fmt, verbose, fail_on, injectate, sites, now_text, progress,
     from ..pipeline import Evaluator, freeze_startup_objects
 
     now = _parse_now(now_text)
-    injectates = None
-    if injectate is not None:
-        try:
-            injectates = parse_injectates(injectate)
-        except InputError as e:
-            # the option's name is said once, by click ("Invalid value for '--injectate': ...")
-            raise click.BadParameter(e.message.removeprefix("--injectate: "), param_hint="'--injectate'") from None
+    injectates = injectates_of(injectate)
     files = expand_inputs(paths)
     evaluator = Evaluator.load(rules_dir, fhir_version)
     if injectates:

@@ -7,13 +7,12 @@ from pathlib import Path
 import click
 import orjson
 
-from ..errors import CdsTpiError, InputError
+from ..errors import CdsTpiError
 from ..explain import explain as explain_evaluation, format_text
 from ..fhir.read import read_bytes
-from ..order import parse_injectates
 from .evaluate import _parse_now, add_order, unknown_types
 from .injectate import check_injectates
-from .options import expand_inputs, fhir_version_option, format_option, max_bytes_option, read_input, rules_option
+from .options import expand_inputs, fhir_version_option, format_option, injectates_of, max_bytes_option, read_input, rules_option
 
 
 @click.command()
@@ -39,10 +38,7 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
     from ..pipeline import Evaluator
 
     now = _parse_now(now_text)
-    try:
-        injectates = parse_injectates(injectate) if injectate is not None else None
-    except InputError as e:
-        raise click.BadParameter(e.message.removeprefix("--injectate: "), param_hint="'--injectate'") from None
+    injectates = injectates_of(injectate)
     files = expand_inputs(paths)
     evaluator = Evaluator.load(rules_dir, fhir_version)
     if injectates:

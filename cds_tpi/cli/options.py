@@ -62,3 +62,16 @@ def read_input(name: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:  # the file grew since stat, or is a device
         raise InputError(f"input is over the limit of {max_bytes:,} bytes (raise it with --max-bytes)", name)
     return data
+
+
+def injectates_of(injectate: str | None):
+    """The --injectate option as Injectates (None when not given); a usage error naming the bad part.
+    The option's name is said once, by click ("Invalid value for '--injectate': ...")."""
+    from ..order import parse_injectates  # noqa: PLC0415
+
+    if injectate is None:
+        return None
+    try:
+        return parse_injectates(injectate)
+    except InputError as e:
+        raise click.BadParameter(e.message.removeprefix("--injectate: "), param_hint="'--injectate'") from None
