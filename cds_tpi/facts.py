@@ -167,14 +167,43 @@ class FactBuilder:
     def _current(self, r: dict) -> bool:
         return is_current(r, self.policy.for_type(r.get("resourceType", "")), self.today)
 
+    def _vs_names(self, codes: list) -> list[str]:
+        """The names the value sets give these codes (a code sent without a display reads as its name)."""
+        return [d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d]
+
+    def _ingredients(self, med: dict) -> list[tuple[list, list, dict | None]]:
+        """(codes, texts, strength) of each ingredient of a Medication (R4 item[x], R5 item), a
+        referenced substance or Medication read through its code."""
+        out = []
+        for ing in med.get("ingredient") or []:
+            if not isinstance(ing, dict):
+                continue
+            item = ing.get("itemCodeableConcept") or (ing.get("item") or {}).get("concept")
+            iref = ing.get("itemReference") or (ing.get("item") or {}).get("reference")
+            codes, texts = _codeable(item)
+            sub = self.index.resolve(iref, med) if iref else None
+            if sub is not None:
+                c, t = _codeable(sub.get("code"))
+                codes, texts = codes + c, texts + t
+            out.append((codes, texts, ing.get("strength") or ing.get("strengthRatio")))
+        return out
+
+    def _note_texts(self, r: dict) -> list[str]:
+        """A record's notes, one clause at a time, without the clauses that deny ("no steroid given")."""
+        out = []
+        for note in r.get("note") or []:
+            if isinstance(note, dict) and isinstance(note.get("text"), str):
+                out += self._affirmed(_CLAUSES.split(note["text"]))
+        return out
+
     def _name(self, codes: list, texts: list, fallback: str) -> str:
         """How a card names a coded thing: its text or a display the record gives, else the name the value
         sets give one of its codes (a product code sent without a display), else its first code."""
         if texts:
             return texts[0]
-        named = next((d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d), None)
+        named = self._vs_names(codes)
         if named:
-            return named
+            return named[0]
         return f"{codes[0][0].rsplit('/', 1)[-1]} {codes[0][1]}" if codes else fallback
 
     def _medication_of(self, r: dict) -> tuple[list, list, str, dict | None]:
@@ -200,23 +229,10 @@ class FactBuilder:
                 if isinstance(med.get("code"), dict) and med["code"].get("text"):
                     own_texts.append(str(med["code"]["text"]))
                 own_texts += t2
-                for ing in med.get("ingredient") or []:
-                    if not isinstance(ing, dict):
-                        continue
-                    item = ing.get("itemCodeableConcept") or (ing.get("item") or {}).get("concept")
-                    iref = ing.get("itemReference") or (ing.get("item") or {}).get("reference")
-                    if item:
-                        c3, t3 = _codeable(item)
-                        codes += c3
-                        texts += t3
-                        ingredient_texts += t3 or [d for d in (self.term.display_of(s_, c_) for s_, c_ in c3) if d]
-                    if iref:
-                        sub = self.index.resolve(iref, med)
-                        if sub is not None:
-                            c3, t3 = _codeable(sub.get("code"))
-                            codes += c3
-                            texts += t3
-                            ingredient_texts += t3
+                for c3, t3, _ in self._ingredients(med):
+                    codes += c3
+                    texts += t3
+                    ingredient_texts += t3 or self._vs_names(c3)
             else:
                 ref = mref.get("reference") if isinstance(mref, dict) else None
                 if ref_display:
@@ -228,7 +244,7 @@ class FactBuilder:
         if own_texts:
             name = own_texts[0]
         else:
-            name = (next((d for d in (self.term.display_of(s_, c_) for s_, c_ in codes) if d), None)
+            name = (next(iter(self._vs_names(codes)), None)
                     or ref_display or (" / ".join(dict.fromkeys(ingredient_texts)) if ingredient_texts else None)
                     or self._name(codes, [], "unnamed medication"))
         return codes, texts, name, med
@@ -237,22 +253,10 @@ class FactBuilder:
         """A medication order's product (value sets, names, ingredients with strengths), codes and texts.
         Product codes without a display are read with the display the value sets give them."""
         codes, texts, name, med = self._medication_of(r)
-        named = [t for t in (self.term.display_of(s, c) for s, c in codes) if t]
+        named = self._vs_names(codes)
         vs = self.term.match(codes, texts).all
-        ingredients = []
-        for ing in (med or {}).get("ingredient") or []:
-            if not isinstance(ing, dict):
-                continue
-            item = ing.get("itemCodeableConcept") or (ing.get("item") or {}).get("concept")
-            iref = ing.get("itemReference") or (ing.get("item") or {}).get("reference")
-            c, t = _codeable(item)
-            if iref:
-                sub = self.index.resolve(iref, med)
-                if sub is not None:
-                    c2, t2 = _codeable(sub.get("code"))
-                    c, t = c + c2, t + t2
-            t = t + [d for d in (self.term.display_of(s_, c_) for s_, c_ in c) if d]
-            ingredients.append((self.term.match(c, t).all, ing.get("strength") or ing.get("strengthRatio")))
+        ingredients = [(self.term.match(c, t + self._vs_names(c)).all, strength)
+                       for c, t, strength in (self._ingredients(med) if med else ())]
         product = planned.Product(name, vs, tuple(dict.fromkeys([name] + texts + named)), tuple(ingredients))
         return product, codes, texts + named
 
@@ -410,10 +414,7 @@ class FactBuilder:
             c, t = _codeable(cc)
             used_codes += c
             used_texts += t
-        for note in r.get("note") or []:
-            if isinstance(note, dict) and isinstance(note.get("text"), str):
-                # Notes are free text: one clause at a time, and clauses that deny ("no steroid") are dropped.
-                used_texts += self._affirmed(re.split(r"[.;\n]+", note["text"]))
+        used_texts += self._note_texts(r)
         key = ref_key(r)
         for a in administrations:
             if any(self.index.key_for(p) == key for p in a.get("partOf") or []):
@@ -446,9 +447,7 @@ class FactBuilder:
             codes, texts = codes + c, texts + t
         if isinstance(dosage.get("text"), str):
             texts.append(dosage["text"])
-        for note in a.get("note") or []:
-            if isinstance(note, dict) and isinstance(note.get("text"), str):
-                texts += self._affirmed(_CLAUSES.split(note["text"]))
+        texts += self._note_texts(a)
         vs, text_only = self._member(codes, texts)
         if not set(vs) & set(self.policy.tpi_order_valuesets):
             return False
@@ -505,7 +504,7 @@ class FactBuilder:
                                           vs=vs, text_only=text_only, code=codes[0][1] if codes else ""))
             for site in o.get("bodySite") or []:
                 c, t = _codeable(site)
-                t = t + [d for d in (self.term.display_of(s_, c_) for s_, c_ in c) if d]
+                t = t + self._vs_names(c)
                 svs, s_text_only = self._member(c, t)
                 regions = [v for v in self.policy.region_valuesets if v in svs] or ["unknown"]
                 name = self._name(c, t, "site")
