@@ -17,8 +17,7 @@ from ..fhir.read import Document, Located, read_bytes
 from ..fhir.validate import model_class, unknown_type_message, version_hint
 from ..order import parse_injectates, synthesize
 from ..ruleset.model import SEVERITY
-from .injectate import check_injectates
-from .options import expand_inputs, fhir_version_option, injectates_of, max_bytes_option, read_input, rules_option
+from .options import expand_inputs, fhir_version_option, injectates_of, load_evaluator, max_bytes_option, read_input, rules_option
 
 _MARK = {"critical": "CRITICAL", "warning": "WARNING ", "info": "INFO    "}
 
@@ -193,14 +192,12 @@ def evaluate(paths, fmt, verbose, fail_on, injectate, sites, now_text, progress,
     Exit status: 3 when --fail-on's threshold is met (even if another input failed), else 1 when an
     input could not be read, else 0; 2 for a usage error.
     """
-    from ..pipeline import Evaluator, freeze_startup_objects
+    from ..pipeline import freeze_startup_objects
 
     now = _parse_now(now_text)
     injectates = injectates_of(injectate)
     files = expand_inputs(paths)
-    evaluator = Evaluator.load(rules_dir, fhir_version)
-    if injectates:
-        check_injectates([i.name for i in injectates], evaluator.book)
+    evaluator = load_evaluator(rules_dir, fhir_version, injectates)
     freeze_startup_objects()
     outcomes: list[Outcome] = []
     # click draws a bar only on a terminal; elsewhere it would print its label alone: no bar at all there.

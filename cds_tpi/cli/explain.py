@@ -11,8 +11,7 @@ from ..errors import CdsTpiError
 from ..explain import explain as explain_evaluation, format_text
 from ..fhir.read import read_bytes
 from .evaluate import _parse_now, add_order, unknown_types
-from .injectate import check_injectates
-from .options import expand_inputs, fhir_version_option, format_option, injectates_of, max_bytes_option, read_input, rules_option
+from .options import expand_inputs, fhir_version_option, format_option, injectates_of, load_evaluator, max_bytes_option, read_input, rules_option
 
 
 @click.command()
@@ -35,14 +34,11 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
     was missing. Inputs and options are those of `evaluate`.
     Exit status: 0 explained, 1 an input could not be read, 2 usage error.
     """
-    from ..pipeline import Evaluator
 
     now = _parse_now(now_text)
     injectates = injectates_of(injectate)
     files = expand_inputs(paths)
-    evaluator = Evaluator.load(rules_dir, fhir_version)
-    if injectates:
-        check_injectates([i.name for i in injectates], evaluator.book)
+    evaluator = load_evaluator(rules_dir, fhir_version, injectates)
     if rule_id is not None and rule_id not in {r.id for r in evaluator.rules}:
         known = ", ".join(sorted(r.id for r in evaluator.rules))
         raise click.BadParameter(f"no rule '{rule_id}' (rules: {known})", param_hint="'--rule'")

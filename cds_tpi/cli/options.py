@@ -75,3 +75,15 @@ def injectates_of(injectate: str | None):
         return parse_injectates(injectate)
     except InputError as e:
         raise click.BadParameter(e.message.removeprefix("--injectate: "), param_hint="'--injectate'") from None
+
+
+def load_evaluator(rules_dir, fhir_version: str, injectates):
+    """The Evaluator of a command, with the --injectate names checked against its value sets (a usage
+    error names an unknown one)."""
+    from ..pipeline import Evaluator  # noqa: PLC0415 - heavy: loaded once, after the options are read
+    from .injectate import check_injectates  # noqa: PLC0415
+
+    evaluator = Evaluator.load(rules_dir, fhir_version)
+    if injectates:
+        check_injectates([i.name for i in injectates], evaluator.book)
+    return evaluator
