@@ -57,6 +57,16 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL when it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 # --- sample data ---------------------------------------------------------------------------------
 
 def load(name: str) -> dict:
@@ -300,11 +310,7 @@ def medplum() -> FhirServer:
         wait_http(f"http://127.0.0.1:{port}/metadata", timeout=30, proc=proc)
         yield FhirServer(f"http://127.0.0.1:{port}", token)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=5)
 
 
 # --- a fault-injecting FHIR stub ----------------------------------------------------------------

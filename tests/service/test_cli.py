@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cds_tpi.cli.serve import build_config, serve
 from cds_tpi.cli.stats import stats
-from conftest import PATIENT_ID, REPO, free_port, hook_request, wait_http
+from conftest import PATIENT_ID, REPO, free_port, hook_request, stop_process, wait_http
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,12 +35,7 @@ def _serve(tmp_path, *args: str) -> tuple[subprocess.Popen, str]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, timeout=15)
 
 
 def test_refuses_a_public_host_without_issuers():

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from cds_tpi.service.storage import normalise_url
-from conftest import ISSUER, free_port, hook_request, wait_http
+from conftest import ISSUER, free_port, hook_request, stop_process, wait_http
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,11 +51,7 @@ class Replica:
              "--config", str(config)], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

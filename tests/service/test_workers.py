@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, free_port, hook_request, wait_http
+from conftest import REPO, free_port, hook_request, stop_process, wait_http
 from tests.cdshooks import assert_cds_response
 
 pytestmark = pytest.mark.timeout(180)
@@ -93,12 +93,7 @@ class Serve:
         return workers
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
