@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,37 +26,10 @@ import uuid
 from pathlib import Path
 
 import httpx
+from _service import SERVER, free_port, wait  # noqa: E402 (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "service" / "data"
-
-SERVER = r"""
-import sys, uvicorn
-from cds_tpi.service.app import create_app
-from cds_tpi.service.config import ServiceConfig
-port, db = int(sys.argv[1]), sys.argv[2]
-uvicorn.run(create_app(ServiceConfig(port=port, database_url=db)), host="127.0.0.1", port=port, log_level="warning")
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer")
-
 
 def request(fhir: str, token: str) -> bytes:
     return json.dumps({

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,23 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+from _service import SERVER, free_port, wait  # noqa: E402 (benchmarks/ is on sys.path)
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "service" / "data"
-
-SERVER = r"""
-import sys, uvicorn
-from cds_tpi.service.app import create_app
-from cds_tpi.service.config import ServiceConfig
-port, db = int(sys.argv[1]), sys.argv[2]
-uvicorn.run(create_app(ServiceConfig(port=port, database_url=db)), host="127.0.0.1", port=port, log_level="warning")
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -77,15 +62,7 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), f"sqlite:///{tmp}/b.sqlite3"])
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(url + "/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            wait(url + "/health", proc)
             before = peak_rss_mb(proc.pid)
             request = {
                 "hook": "order-sign", "hookInstance": str(uuid.uuid4()),

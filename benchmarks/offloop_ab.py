@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _service import free_port  # noqa: E402 (benchmarks/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,12 +45,6 @@ if mode == "inline":
 app = app_module.create_app(ServiceConfig(port=port, database_url=db))
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(mode: str, tmp: str) -> tuple[subprocess.Popen, str]:
