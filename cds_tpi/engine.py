@@ -30,7 +30,7 @@ _SINK = "__sink__"  # every fact matches its first pattern, so assert_facts neve
 # the process (segfault / "free(): invalid pointer") in delete_state or get_state for a session in
 # which no action ran; with the marker an action always runs. See tests/test_engine.py.
 _SESSION = "__session__"
-_CREATE_ATTEMPTS = 3
+_CREATE_ATTEMPTS = 5
 
 
 class _Host(_durable.Host):
@@ -56,6 +56,23 @@ class Engine:
         self._sids = itertools.count(1)
         self._collected: list[Match] | None = None
         self.rule_names = tuple(definitions)
+        # durable-rules now and then refuses a valid ruleset ("Could not create ruleset, error code:
+        # 102", ERR_UNEXPECTED_TYPE of its C rule compiler, rete.c; the cause is in the C code, not
+        # found), about 1 in 400 engines in a loop and once in a fresh service process under CI. The
+        # same JSON is accepted the next time: a fresh Host, given a fresh copy of the definitions (durable deletes each rule's "run"
+        # from the dict it is given, before the C engine sees the rules), accepts them: a few
+        # attempts, then the error.
+        for attempt in range(_CREATE_ATTEMPTS):
+            self._host = _Host()
+            try:
+                self._host.set_rulesets({RULESET: self._ruleset(definitions)})
+                break
+            except Exception as e:  # the C engine reports bad definitions only by number
+                if attempt + 1 == _CREATE_ATTEMPTS:
+                    raise EngineError(f"durable-rules rejected the compiled rules: {e}") from e
+
+    def _ruleset(self, definitions: dict[str, dict]) -> dict:
+        """The durable ruleset: our rules with their actions, the sink and the session marker."""
         ruleset = {}
         for name, definition in copy.deepcopy(definitions).items():
             definition["run"] = self._action(name)
@@ -65,18 +82,7 @@ class Engine:
             "run": self._action(_SINK),
         }
         ruleset[_SESSION] = {"all": [{"m": {"t": _SESSION}}], "run": lambda c: None}
-        # durable-rules now and then refuses a valid ruleset ("Could not create ruleset, error code:
-        # 102") when an earlier engine of the same process has run (about 1 in 400 in a loop of
-        # engines and evaluations; never for the first engine of a process, in 40 fresh processes).
-        # The same definitions are accepted by a fresh Host: a few attempts, then the error.
-        for attempt in range(_CREATE_ATTEMPTS):
-            self._host = _Host()
-            try:
-                self._host.set_rulesets({RULESET: ruleset})
-                break
-            except Exception as e:  # the C engine reports bad definitions only by number
-                if attempt + 1 == _CREATE_ATTEMPTS:
-                    raise EngineError(f"durable-rules rejected the compiled rules: {e}") from e
+        return ruleset
 
     def _action(self, name: str):
         def run(c):

@@ -136,28 +136,34 @@ def test_sessions_in_which_nothing_fires_do_not_crash_the_process(facts):
 
 
 def test_a_ruleset_refused_now_and_then_is_created_again(monkeypatch):
-    """durable-rules rarely refuses a valid ruleset ("error code: 102") once an engine of the same
-    process has run; a fresh Host accepts it. A ruleset refused every time is an EngineError."""
+    """durable-rules rarely refuses a valid ruleset ("error code: 102"); the same definitions are
+    accepted the next time. The refusal comes from the C engine, after durable's Python side has
+    already taken each rule's "run" out of the dict it was given: the next attempt must start from
+    fresh definitions (it failed with KeyError 'run' in CI). A ruleset refused every time is an
+    EngineError."""
+    from durable import engine as durable_engine
+
     from cds_tpi import engine as eng
-    from cds_tpi.errors import EngineError
 
     definitions = {"r": {"all": [{"m": {"t": "x"}}]}}
-    original = eng._Host.set_rulesets
+    original = durable_engine.durable_rules_engine.create_ruleset
     calls = []
 
-    def refuse_first(self, rulesets):
-        calls.append(1)
+    def refuse_first(name, rules):
+        calls.append(rules)
         if len(calls) == 1:
             raise Exception("Could not create ruleset, error code: 102")
-        return original(self, rulesets)
+        return original(name, rules)
 
-    monkeypatch.setattr(eng._Host, "set_rulesets", refuse_first)
+    monkeypatch.setattr(durable_engine.durable_rules_engine, "create_ruleset", refuse_first)
     e = eng.Engine(definitions)
-    assert len(calls) == 2 and [m.rule for m in e.run([{"t": "x", "fid": 1}])] == ["r"]
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same rules, sent again
+    assert [m.rule for m in e.run([{"t": "x", "fid": 1}])] == ["r"]
+    assert definitions == {"r": {"all": [{"m": {"t": "x"}}]}}  # the caller's definitions untouched
 
-    def refuse(self, rulesets):
+    def refuse(name, rules):
         raise Exception("Could not create ruleset, error code: 102")
 
-    monkeypatch.setattr(eng._Host, "set_rulesets", refuse)
+    monkeypatch.setattr(durable_engine.durable_rules_engine, "create_ruleset", refuse)
     with pytest.raises(EngineError, match="error code: 102"):
         eng.Engine(definitions)
