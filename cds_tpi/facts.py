@@ -77,11 +77,16 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def gap_headline(text: str) -> str:
-    """A short head for a gap's text, for the missing-data summary: up to its first ':' ("prefetch
-    'observations'", "Observation/o1 (at entry[3]) was skipped"), at most 80 characters."""
-    head = text.split(":", 1)[0].strip()
-    return head if len(head) <= 80 else head[:79].rstrip() + "…"
+def gap_parts(text: str) -> tuple[str, str]:
+    """A gap's text as (head, why): the head, for the missing-data summary, is the text up to its
+    first ':' ("prefetch 'observations'", "Observation/o1 (at entry[3]) was skipped"), at most 80
+    characters; `why` is the rest ("invalid FHIR R4, ..."), or "unreadable" when the text has no ':'
+    (the card names each gap once, not its head twice)."""
+    head, _, rest = text.partition(":")
+    head, rest = head.strip(), rest.strip()
+    if len(head) > 80:
+        head = head[:79].rstrip() + "…"
+    return head, rest or "unreadable"
 
 
 def _get(obj, key):
@@ -237,8 +242,8 @@ class FactBuilder:
                 ref = mref.get("reference") if isinstance(mref, dict) else None
                 if ref_display:
                     texts.append(ref_display)
-                self._emit("gap", ref=ref_key(r) or "", what=_printable(f"medication of {ref_key(r) or 'a record'} not found"),
-                           name=_printable(f"the medication of {ref_key(r) or 'a record'} ({ref}) could not be resolved"))
+                self._gap(ref_key(r) or "", f"medication of {ref_key(r) or 'a record'} not found",
+                          f"its reference {ref} could not be resolved")
         # the record's own words first, then the value sets' name for its codes, the reference's display,
         # the ingredients; a raw (local) code last
         if own_texts:
@@ -265,6 +270,10 @@ class FactBuilder:
         return [v for v in self.policy.region_valuesets if v in vs]
 
     # -- per resource type ----------------------------------------------------------------------
+    def _gap(self, ref: str, what: str, why: str) -> None:
+        """A gap fact: what could not be read or checked (the summary's words) and why."""
+        self._emit("gap", ref=_printable(ref), what=_printable(what), why=_printable(why), name=_printable(f"{what}: {why}"))
+
     def build(self, inputs: Inputs) -> list[dict]:
         """All facts for these inputs."""
         record, drafts = inputs.record, inputs.drafts
@@ -273,7 +282,7 @@ class FactBuilder:
         for r in record + drafts:
             self.index.add(r)
         for ref, text in inputs.gaps:
-            self._emit("gap", ref=_printable(ref), what=_printable(gap_headline(text)), name=_printable(text))
+            self._gap(ref, *gap_parts(text))
 
         counts = dict(medications=0, allergies=0, conditions=0, procedures=0, observations=0, patient=0, orders=0, injectates=0, sites=0)
         for rt, n in inputs.unread.items():  # records given but not read (no rule could match them)
@@ -525,9 +534,9 @@ class FactBuilder:
                 linked = bool(based_on & order_keys)
                 if orders and (linked or (not based_on and self._injectable(r, vs, dose))):
                     # part of the order (or an injection beside it), but not a drug the checks know: say so
-                    self._emit("gap", ref=ref_key(r) or "", what=_printable(f"draft medication {product.name} not recognised"),
-                               name=_printable(f"the draft medication {product.name} ({ref_key(r) or 'no id'}) is not recognised as "
-                                               f"{kinds}: the anesthetic and steroid checks are incomplete"))
+                    self._gap(ref_key(r) or "", f"draft medication {product.name} not recognised",
+                              f"{ref_key(r) or 'no id'} is not recognised as {kinds}, so the anesthetic and steroid "
+                              "checks are incomplete")
                 if not linked:
                     continue
             fields = dict(ref=ref_key(r) or "", name=product.name, vs=vs, text_only=text_only,

@@ -58,6 +58,17 @@ def test_missing_data_reasons_are_always_shown():
     assert "allergy checks were not done" in lines[i + 1]
 
 
+def test_each_gap_is_named_once():
+    """A skipped record is named once in the missing-data card, with why it was skipped (the note
+    printed each gap's head twice: '... was skipped: ... was skipped: invalid FHIR R4')."""
+    sample = SAMPLES / "missing-data-invalid-resource.json"
+    r = run("evaluate", "-v", "--now", "2026-11-24", str(sample))
+    assert r.exit_code == 0
+    line = next(ln for ln in r.stdout.splitlines() if "medstmt-import-17" in ln and "invalid FHIR" in ln)
+    assert line.count("medstmt-import-17") == 1 and line.count("was skipped") == 1
+    assert "was skipped: invalid FHIR R4, effectiveDateTime: invalid dateTime" in line
+
+
 # --- 7. JSON with failed inputs, --fail-on precedence ------------------------------------------
 
 def test_json_several_inputs_include_failed_ones_as_error_objects(tmp_path):

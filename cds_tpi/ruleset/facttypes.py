@@ -14,7 +14,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "procedure": COMMON | {"age_days", "used_vs", "status"},
     "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",
                   "patient", "orders", "injectates", "sites"},
-    "gap": {"t", "fid", "ref", "name", "what"},
+    "gap": {"t", "fid", "ref", "name", "what", "why"},
     # one per local anesthetic (and with a vasoconstrictor or not) in the draft orders, doses summed
     "dose": COMMON | {"orders", "total_mg", "parts", "undosed", "undosed_count", "vasoconstrictor", "weight_kg", "weight_window_days",
                       "limit_mg", "limit_text", "fraction"},
