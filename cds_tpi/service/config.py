@@ -137,7 +137,10 @@ class ServiceConfig:
         if self.allowed_hosts:
             return self.allowed_hosts
         if self.public_base_url:
-            return (urlsplit(self.public_base_url).hostname or "",)
+            # the public name, and the loopback names for probes on the machine itself (a container's
+            # HEALTHCHECK calls http://127.0.0.1:PORT/health): the JWT aud comes from public_base_url,
+            # not from Host, and a DNS-rebinding page sends its own name, never these
+            return (urlsplit(self.public_base_url).hostname or "", "127.0.0.1", "localhost", "::1")
         if not is_loopback(self.host):  # open and public (--allow-unauthenticated): anyone may call anyway
             return ("*",)
         return ("127.0.0.1", "localhost", "::1")  # a DNS-rebinding web page sends its own name
