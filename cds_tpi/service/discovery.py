@@ -12,8 +12,6 @@ if TYPE_CHECKING:
     from cds_tpi.ruleset.records import RecordPolicy
 
 LOINC = "http://loinc.org"
-# weight; platelets; INR; HbA1c
-OBSERVATION_CODES = ("29463-7", "777-3", "26515-7", "6301-6", "34714-6", "4548-4")
 
 
 @dataclass(frozen=True)
@@ -55,10 +53,41 @@ _KEYS: tuple[_KeySpec, ...] = (
     _KeySpec("allergies", "AllergyIntolerance", "patient={{context.patientId}}", True, "allergies"),
     _KeySpec("procedures", "Procedure", "patient={{context.patientId}}", False,
              "procedures of the last 12 months", "&_sort=-date"),
-    _KeySpec("observations", "Observation", "patient={{context.patientId}}&code="
-             + ",".join(f"{LOINC}|{c}" for c in OBSERVATION_CODES), False,
+    # `&code=` and the codes are added from the rules' observation value sets (observation_codes)
+    _KeySpec("observations", "Observation", "patient={{context.patientId}}", False,
              "recent weight, platelets, INR and HbA1c", "&_sort=-date"),
 )
+
+
+def _listed_valuesets(conditions, terminology) -> set[str]:
+    """The value set ids that value-set conditions name (inside `or` too)."""
+    from cds_tpi.ruleset.conditions import Or, _Listed  # noqa: PLC0415
+    from cds_tpi.ruleset.facttypes import VALUESET_FIELDS  # noqa: PLC0415
+
+    out: set[str] = set()
+    for c in conditions:
+        if isinstance(c, Or):
+            for alt in c.alternatives:
+                out |= _listed_valuesets(alt, terminology)
+        elif isinstance(c, _Listed) and c.field in VALUESET_FIELDS:
+            out.update(v for v in c.ids(terminology, strict=False) if v)
+    return out
+
+
+def observation_codes(book: Any) -> tuple[str, ...]:
+    """The LOINC codes of every value set an observation pattern of the rules reads, and of the
+    weight value set of the dose policy (rules/records.yaml): the observations search fetches
+    exactly what the rules can use, so a code added to a value set is fetched too."""
+    vids: set[str] = set()
+    for rule in book.rules:
+        for alt in rule.alternatives:
+            for p in alt.patterns:
+                if p.fact == "observation":
+                    vids |= _listed_valuesets(p.conditions, book.terminology)
+    limits = getattr(book.records, "anesthetic_limits", None)
+    if limits is not None:
+        vids.add(limits.weight_valueset)
+    return tuple(sorted({code for vid in vids for system, code in book.terminology.codes_of(vid) if system == LOINC}))
 
 
 def status_filter(policy: RecordPolicy | None, resource_type: str) -> str:
@@ -78,14 +107,18 @@ def status_filter(policy: RecordPolicy | None, resource_type: str) -> str:
     return params
 
 
-def prefetch_keys(policy: RecordPolicy | None) -> tuple[PrefetchKey, ...]:
-    """The prefetch templates for a record policy (the loaded rules/records.yaml)."""
+def prefetch_keys(policy: RecordPolicy | None, observation_codes: tuple[str, ...] = ()) -> tuple[PrefetchKey, ...]:
+    """The prefetch templates for a record policy (the loaded rules/records.yaml) and the LOINC codes
+    of the observations the rules read (see `observation_codes`)."""
     keys = []
     for spec in _KEYS:
         if spec.search is None:
             query = f"{spec.resource_type}/{{{{context.patientId}}}}"
         else:
-            query = f"{spec.resource_type}?{spec.search}{status_filter(policy, spec.resource_type)}{spec.sort}"
+            search = spec.search
+            if spec.resource_type == "Observation" and observation_codes:  # none given: every observation
+                search += "&code=" + ",".join(f"{LOINC}|{c}" for c in observation_codes)
+            query = f"{spec.resource_type}?{search}{status_filter(policy, spec.resource_type)}{spec.sort}"
         keys.append(PrefetchKey(spec.key, query, spec.required, spec.label, spec.resource_type,
                                 CATEGORIES[spec.resource_type]))
     return tuple(keys)
@@ -96,13 +129,16 @@ def default_prefetch_keys() -> tuple[PrefetchKey, ...]:
     """The templates for the bundled rules (used when the evaluator does not carry its own policy)."""
     from cds_tpi.ruleset import load_rulebook  # noqa: PLC0415 - loads the value sets once
 
-    return prefetch_keys(load_rulebook().records)
+    book = load_rulebook()
+    return prefetch_keys(book.records, observation_codes(book))
 
 
 def prefetch_keys_for(evaluator: Any) -> tuple[PrefetchKey, ...]:
-    """The templates for the record policy this evaluator applies (`evaluator.book.records`)."""
-    policy = getattr(getattr(evaluator, "book", None), "records", None)
-    return prefetch_keys(policy) if policy is not None else default_prefetch_keys()
+    """The templates for the rules and record policy this evaluator applies (`evaluator.book`)."""
+    book = getattr(evaluator, "book", None)
+    if getattr(book, "records", None) is None:
+        return default_prefetch_keys()
+    return prefetch_keys(book.records, observation_codes(book))
 
 
 def checked_records(keys: tuple[PrefetchKey, ...], prefetch: dict[str, Any]) -> tuple[str, ...]:

@@ -150,3 +150,18 @@ def test_on_hold_warfarin_from_the_fhir_server_gives_the_anticoagulant_card(star
     codes = {c["source"]["topic"]["code"] for c in r.json()["cards"]}
     assert "anticoagulant" in codes, r.text
     assert PATIENT_ID not in json.dumps([c.get("summary") for c in r.json()["cards"]])
+
+
+def test_the_observations_search_asks_for_every_loinc_code_the_rules_read():
+    """The observation codes come from the value sets the rules' observation patterns and the dose
+    policy's weight read (they were six codes written in discovery.py: a code added to inr.json was
+    never fetched); the codes written there before are among them."""
+    from cds_tpi.service.discovery import LOINC, default_prefetch_keys
+
+    book = load_rulebook()
+    query = {k.key: k.query for k in default_prefetch_keys()}["observations"]
+    asked = {c.split("|", 1)[1] for c in _params(query)["code"][0].split(",")}
+    for vid in ("platelet-count", "inr", "hba1c", "body-weight"):
+        codes = {code for system, code in book.terminology.codes_of(book.terminology.resolve(vid) or vid) if system == LOINC}
+        assert codes and codes <= asked, vid
+    assert {"29463-7", "777-3", "26515-7", "6301-6", "34714-6", "4548-4"} <= asked
