@@ -274,4 +274,4 @@ def test_size_limit_reports_real_size_and_the_option(tmp_path):
     assert r.exit_code == 1
     assert f"input is {size:,} bytes, over the limit of 1,000 bytes (raise it with --max-bytes)" in r.stderr
     r = run("evaluate", "--max-bytes", "1000", "-", input=f.read_text())
-    assert "over the limit of 1,000 bytes (raise it with --max-bytes)" in r.stderr
+    assert f"input is {size:,} bytes, over the limit of 1,000 bytes (raise it with --max-bytes)" in r.stderr

@@ -83,6 +83,21 @@ def test_every_rule_by_default_and_unknown_rule_is_a_usage_error():
     assert result.exit_code == 2 and "no rule 'no-such-rule'" in result.output
 
 
+def test_json_with_several_inputs_includes_the_failed_ones(tmp_path):
+    """As evaluate's JSON: a failed input is an error object, not left out."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    good = SAMPLES / "anticoagulant-warfarin.json"
+    result = CliRunner().invoke(cli, ["explain", "--now", NOW, "--format", "json", "--rule", "anticoagulant",
+                                      str(bad), str(good)])
+    assert result.exit_code == 1
+    body = json.loads(result.stdout)
+    assert list(body) == [str(bad), str(good)]
+    assert "not valid JSON" in body[str(bad)]["error"]["message"]
+    assert [r["id"] for r in body[str(good)]["rules"]] == ["anticoagulant"]
+    assert f"{bad}: error:" in result.stderr
+
+
 def test_unreadable_input_is_one_error_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -42,7 +42,7 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
     if rule_id is not None and rule_id not in {r.id for r in evaluator.rules}:
         known = ", ".join(sorted(r.id for r in evaluator.rules))
         raise click.BadParameter(f"no rule '{rule_id}' (rules: {known})", param_hint="'--rule'")
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {}  # a failed input: {"error": {"message": ...}}, as evaluate's JSON
     failed = 0
     for name in files:
         try:
@@ -53,12 +53,10 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
                 if note:
                     click.echo(f"{name}: note: {note}", err=True)
             result = evaluator.evaluate_document(doc, gaps=gaps, now=now)
-        except OSError as e:
-            click.echo(f"{name}: error: cannot read: {e.strerror or e}", err=True)
-            failed += 1
-            continue
-        except CdsTpiError as e:
-            click.echo(f"{name}: error: {e.message}", err=True)
+        except (OSError, CdsTpiError) as e:
+            message = f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else e.message
+            click.echo(f"{name}: error: {message}", err=True)
+            results[name] = {"error": {"message": message}}
             failed += 1
             continue
         results[name] = explain_evaluation(evaluator.rules, result.facts, result.findings, evaluator.book.terminology, rule_id)
@@ -67,6 +65,8 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
         click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
     else:
         for name, explanation in results.items():
+            if "error" in explanation:  # said on stderr
+                continue
             for line in format_text(name, explanation):
                 click.echo(line)
     if failed:

@@ -50,8 +50,12 @@ def read_input(name: str, max_bytes: int) -> bytes:
     """Bytes of a file or stdin; InputError with the real size when over --max-bytes."""
     if name == "-":
         data = sys.stdin.buffer.read(max_bytes + 1)
-        if len(data) > max_bytes:  # stdin's size is unknown until read: not read past the limit
-            raise InputError(f"input is over the limit of {max_bytes:,} bytes (raise it with --max-bytes)", name)
+        if len(data) > max_bytes:  # stdin's size is unknown until read: the rest is counted, not kept
+            size = len(data)
+            while chunk := sys.stdin.buffer.read(1 << 20):
+                size += len(chunk)
+            raise InputError(f"input is {size:,} bytes, over the limit of {max_bytes:,} bytes (raise it with --max-bytes)",
+                             name)
         return data
     size = os.stat(name).st_size
     if size > max_bytes:
