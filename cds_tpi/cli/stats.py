@@ -36,11 +36,15 @@ def stats(database_url: str | None, config_file: str | None, top: int, fmt: str)
         # SQLite would create an empty file here and then fail on the missing tables.
         raise click.ClickException(f"no service database at {db_file}: `cds-tpi serve` creates it on its first start "
                                    "(or pass --database-url / set CDS_TPI_DATABASE_URL)")
-    storage = Storage(database_url)
+    try:
+        storage = Storage(database_url)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
+        raise click.BadParameter(f"not a database URL SQLAlchemy can open ({_reason(e)})",
+                                 param_hint="--database-url") from e
     try:
         rows = storage.rule_stats(top=top)
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise click.ClickException(f"cannot read {redact_url(database_url)}: {type(e).__name__}") from e
+        raise click.ClickException(f"cannot read {redact_url(database_url)}: {_reason(e)}") from e
     finally:
         storage.dispose()
     if fmt == "json":
@@ -57,6 +61,15 @@ def stats(database_url: str | None, config_file: str | None, top: int, fmt: str)
     for r in rows:
         reasons = "; ".join(f"{_printable(text)} ({n})" for text, n in r.top_override_reasons) or "-"
         click.echo(f"{_printable(r.rule_id):<{width}}  {r.shown:>6}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
+
+
+def _reason(e: Exception) -> str:
+    """The database's own first line ("no such table: audit", "connection refused"), with the
+    exception's class: what went wrong, not only its type. Never the URL's password (the drivers'
+    messages name host, port and user, not the password)."""
+    orig = getattr(e, "orig", None) or e
+    first = (str(orig).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {_printable(first)}" if first else type(e).__name__
 
 
 def _printable(text: object) -> str:

@@ -109,3 +109,16 @@ def test_stats_command(tmp_path):
     empty = CliRunner().invoke(stats, ["--database-url", f"sqlite:///{tmp_path}/empty.sqlite3"])
     assert empty.exit_code == 1 and "no service database at" in empty.output
     assert not (tmp_path / "empty.sqlite3").exists()  # a read-only command creates nothing
+
+
+def test_stats_errors_say_what_went_wrong(tmp_path):
+    """A database without the tables says which table is missing; a URL no driver can open is a usage
+    error (exit 2, was an internal error, exit 70); a refused connection says so, password hidden."""
+    empty = tmp_path / "old.sqlite3"
+    empty.touch()
+    r = CliRunner().invoke(stats, ["--database-url", f"sqlite:///{empty}"])
+    assert r.exit_code == 1 and "no such table" in r.output
+    r = CliRunner().invoke(stats, ["--database-url", "bogus://x"])
+    assert r.exit_code == 2 and "--database-url" in r.output and "bogus" in r.output
+    r = CliRunner().invoke(stats, ["--database-url", "postgresql://cds:secretpw@127.0.0.1:1/x"])
+    assert r.exit_code == 1 and "refused" in r.output.lower() and "secretpw" not in r.output
