@@ -198,6 +198,20 @@ _WANTS = {
 }
 
 
+def _a(word: Any) -> str:
+    """'a Coding', 'an Annotation'."""
+    word = str(word)
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+# fhir.resources class names that are no FHIR datatype name
+_FHIR_NAMES = {"FHIRPrimitiveExtension": "primitive-element extension (id, extension)"}
+
+
+def _fhir_name(name: str) -> str:
+    return _FHIR_NAMES.get(name, name)
+
+
 def _message(err: dict, model: Any = None) -> str:
     """One pydantic error in FHIR's terms: what the element should be, and what it was."""
     msg = err.get("msg", "invalid")
@@ -230,8 +244,14 @@ def _message(err: dict, model: Any = None) -> str:
         wanted = ctx.get("model_class") if isinstance(ctx.get("model_class"), str) else None
         wanted = wanted or (_expected_type(model, tuple(err.get("loc", ()))) if model is not None else None)
         if "resource_type" in ctx:
-            return f'expected a {ctx.get("model_name")} resource, got a {ctx.get("resource_type")}'
-        return f"expected {'a ' + wanted if wanted else 'a JSON'} object, got {_json_kind(given)}"
+            return f'expected {_a(ctx.get("model_name"))} resource, got {_a(ctx.get("resource_type"))}'
+        return f"expected {_a(_fhir_name(wanted)) if wanted else 'a JSON'} object, got {_json_kind(given)}"
+    if kind == "list_type" and isinstance(given, list):  # an array holding null: fhir.resources says "array"
+        nulls = [i for i, v in enumerate(given) if v is None]
+        wanted = _expected_type(model, tuple(err.get("loc", ()))) if model is not None else None
+        if nulls:
+            item = f"{_a(_fhir_name(wanted))} object" if wanted else "a value"
+            return f"item [{nulls[0]}] is null: expected {item} (FHIR arrays hold no nulls)"
     if kind in _WANTS:
         return f"expected {_WANTS[kind]}, got {_json_kind(given)}"
     m = re.match(r"(\w+) value string does not match spec regex", msg)
