@@ -180,9 +180,8 @@ class _Fetcher:
             if pages >= self.config.fhir_max_pages:
                 raise FetchFailed(f"more than {self.config.fhir_max_pages} result pages")
             seen.add(url)
-            bundle = await self._get(url, "Bundle")
+            bundle = await self._get(url, "Bundle")  # counts its entries against the call's budget
             entries += _entries(bundle)
-            self._count_entries(bundle)
             pages += 1
         merged: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if entries:

@@ -146,7 +146,7 @@ class Stub:
     """A loopback FHIR server: base `{url}/{mode}`; records every request it gets.
     modes: ok; slowobs / slowallergy (that search sleeps 10 s); slow (everything sleeps 10 s);
     gzipbomb (Observation: 20 MB of zeros gzip-compressed to ~20 KB, sent although identity was asked);
-    manyentries (Observation: 3,000 entries)."""
+    manyentries (Observation: 3,000 entries); twopages (Condition: two pages of 600 entries, `next` link)."""
 
     def __init__(self) -> None:
         import asyncio
@@ -178,6 +178,12 @@ class Stub:
             if mode == "manyentries" and resource_type == "Observation":
                 matches = [{**matches[0], "id": f"obs-{i}"} for i in range(3000)] if matches else []
             bundle = {"resourceType": "Bundle", "type": "searchset"}
+            if mode == "twopages" and resource_type == "Condition" and matches:
+                page = request.query_params.get("page", "1")
+                bundle["entry"] = [{"resource": {**matches[0], "id": f"c{page}-{i}"}} for i in range(600)]
+                if page == "1":
+                    bundle["link"] = [{"relation": "next", "url": f"{self.base('twopages')}/Condition?page=2"}]
+                return JSONResponse(bundle)
             if matches:
                 bundle["entry"] = [{"resource": m} for m in matches]
             return JSONResponse(bundle)
@@ -347,6 +353,18 @@ def test_entries_are_budgeted_per_call(start_service, evaluator, stub):
     assert r.status_code == 200 and "too large" in _missing(r)
     ok = start_service(evaluator).post("/cds-services/tpi-order-sign", fallback_request(stub.base("manyentries")))
     assert ok.status_code == 200 and "too large" not in _missing(ok)
+
+
+def test_entries_of_follow_on_pages_are_counted_once(start_service, fake_evaluator, stub):
+    """Two Condition pages of 600 entries fit a budget of 1,500 (page 2 was counted twice: 412)."""
+    service = start_service(fake_evaluator, fhir_max_entries_per_call=1500)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("twopages")))
+    assert r.status_code == 200, r.text
+    conditions = fake_evaluator.requests[-1]["prefetch"]["conditions"]
+    assert len(conditions["entry"]) == 1200
+    tight = start_service(fake_evaluator, fhir_max_entries_per_call=1100)  # and the budget still holds
+    r = tight.post("/cds-services/tpi-order-sign", fallback_request(stub.base("twopages")))
+    assert r.status_code == 412 and "too large" in r.text
 
 
 # --- 6. one shared outbound pool / issue 9 item 12: concurrent fetches, the key that timed out -------------
