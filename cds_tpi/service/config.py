@@ -74,7 +74,8 @@ class ServiceConfig:
     fhir_total_timeout: float = 3.0  # budget for all FHIR fallback fetches of one call
     fhir_max_pages: int = 10  # searchset pages followed per prefetch key
     # SSRF guard (service/outbound.py): FHIR base URLs any caller may name as fhirServer (each issuer
-    # may add its own); open mode with none: loopback only. https only, except loopback or this flag.
+    # may add its own); open mode with none: loopback only, and only when `host` is loopback (open on a
+    # public address: nothing without this list). https only, except loopback or this flag.
     allowed_fhir_servers: tuple[str, ...] = ()
     fhir_allow_http: bool = False
     fhir_ca_file: str | None = None  # PEM CA certificates trusted for FHIR servers, besides the public CAs

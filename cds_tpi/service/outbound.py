@@ -5,8 +5,9 @@ proxy that sends the EHR's access token anywhere. Three layers:
 
 1. **Allow-list** (`allowed_fhir_base`): the URL must start with a configured FHIR base URL (scheme,
    host and port equal, path at a `/` boundary): `allowed_fhir_servers` for every caller plus the
-   `fhir_servers` of the JWT issuer that signed the call. Open mode (no issuers) with no list:
-   loopback hosts on any port, nothing else.
+   `fhir_servers` of the JWT issuer that signed the call. Open mode (no issuers) with no list, when
+   the service itself listens on a loopback address: loopback hosts on any port, nothing else (open
+   mode on a public address: nothing but the list).
 2. **Scheme**: https only, except loopback hosts or `fhir_allow_http: true`.
 3. **Addresses, checked at connect time** (`GuardedBackend`, an httpcore network backend): the host
    name is resolved by us and the connection goes to a checked address, so a DNS answer cannot

@@ -26,7 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 import orjson
 
-from cds_tpi.service.config import Issuer, ServiceConfig
+from cds_tpi.service.config import Issuer, ServiceConfig, is_loopback
 from cds_tpi.service.discovery import PREFETCH, PrefetchKey
 from cds_tpi.service.hooks import HookCall
 from cds_tpi.service.metrics import observe_fallback
@@ -72,8 +72,11 @@ def new_client(config: ServiceConfig) -> FhirClient:
 def fetch_refusal(fhir_server: str, config: ServiceConfig, issuer: Issuer | None) -> str | None:
     """Why the service will not fetch from `fhir_server` for a caller of `issuer`, or None."""
     bases = (*config.allowed_fhir_servers, *(issuer.fhir_servers if issuer else ()))
-    return allowed_fhir_base(fhir_server, bases, allow_http=config.fhir_allow_http,
-                             open_loopback=not config.auth_enabled and not config.allowed_fhir_servers)
+    # loopback FHIR servers by default only for a service that itself listens on loopback: one that
+    # listens on a public address (open mode with allow_unauthenticated) must not let anyone on the
+    # network reach this machine's loopback listeners through it; there, only the allow-list
+    open_loopback = not config.auth_enabled and not config.allowed_fhir_servers and is_loopback(config.host)
+    return allowed_fhir_base(fhir_server, bases, allow_http=config.fhir_allow_http, open_loopback=open_loopback)
 
 
 def render(template: str, patient_id: str) -> str:

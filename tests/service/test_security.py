@@ -259,6 +259,20 @@ def test_open_mode_fetches_from_loopback_only_by_default(start_service, evaluato
         assert r.status_code == 412 and "not an allowed FHIR server" in r.text, target
 
 
+def test_open_mode_on_a_public_address_fetches_from_no_loopback_server(start_service, evaluator, stub):
+    """host 0.0.0.0 with allow_unauthenticated (the server here still binds 127.0.0.1): anyone on the
+    network could reach this machine's loopback listeners through fhirServer, so only the allow-list
+    is fetched from."""
+    service = start_service(evaluator, host="0.0.0.0", allow_unauthenticated=True)
+    before = len(stub.requests)
+    for target in (stub.base("ok"), stub.base("ok", host="localhost")):
+        r = service.post("/cds-services/tpi-order-sign", fallback_request(target))
+        assert r.status_code == 412 and "not an allowed FHIR server" in r.text, (target, r.text)
+    assert len(stub.requests) == before
+    listed = start_service(evaluator, host="0.0.0.0", allow_unauthenticated=True, allowed_fhir_servers=(stub.base("ok"),))
+    assert listed.post("/cds-services/tpi-order-sign", fallback_request(stub.base("ok"))).status_code == 200
+
+
 def test_an_issuer_fetches_only_from_its_own_fhir_servers(start_service, evaluator, stub, stub_b, signer):
     from cds_tpi.service.config import Issuer
 
