@@ -345,7 +345,12 @@ class FactBuilder:
         # A negation cue in the text only stops a TEXT match; a coded match always counts.
         vs, text_only = self._member(codes, self._affirmed(texts))
         name = self._name(codes, texts, "condition")
-        onset = parse_date(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
+        # Dated by its LATEST date (onset, onset period, recorded date): an encounter diagnosis recorded
+        # two days ago with an onset 70 days back is a current problem, not history (records.yaml).
+        period = r.get("onsetPeriod") if isinstance(r.get("onsetPeriod"), dict) else {}
+        dates = [d for d in (parse_date(v) for v in (r.get("onsetDateTime"), period.get("start"), period.get("end"),
+                                                      r.get("recordedDate"))) if d is not None]
+        onset = max(dates) if dates else None
         age = self._age_days(onset)
         if (_coding_code(r.get("clinicalStatus")) is None and self.policy.acute_window_days is not None
                 and age is not None and age > self.policy.acute_window_days and set(vs) & set(self.policy.acute_valuesets)):
