@@ -28,7 +28,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpcore
@@ -115,14 +115,44 @@ def allowed_fhir_base(url: str, bases: Iterable[str], *, open_loopback: bool, al
     if scheme == "http" and not allow_http and not is_loopback_host(host):
         return "http is not allowed for a non-loopback FHIR server (https only)"
     path = parts.path.rstrip("/")
-    if "/../" in path + "/" or "/./" in path + "/":
-        return "dot segments in the path"
+    if (why := path_refusal(parts.path)) is not None:
+        return why
     if open_loopback and is_loopback_host(host):
         return None
     for base in bases:
         if _Base(base).admits(scheme, host, port, path):
             return None
     return "not an allowed FHIR server for this caller"
+
+
+_ENCODED_SEPARATORS = ("%2e", "%2f", "%5c")  # . / \ percent-encoded (compared lower-case)
+
+
+def path_refusal(path: str) -> str | None:
+    """Why a fhirServer (or `next` link) path is refused, or None. The allow-list compares paths as
+    sent; a server (or a proxy in front of it) that decodes or normalises them could resolve
+    `/fhir/%2e%2e/admin`, `..%2f`, `..;/` (a `;` path parameter) or a backslash to a path outside
+    the allowed base. So: no backslash, no percent-encoded dot, slash or backslash (also encoded
+    twice: `%252e`), and no segment that is `.` or `..` as sent, after percent-decoding, or before
+    its `;` parameters."""
+    if "\\" in path:
+        return "a backslash in the path"
+    for segment in path.split("/"):
+        decoded = segment
+        for _ in range(4):  # %25 decodes to %: look through repeated encodings
+            lower = decoded.lower()
+            if any(code in lower for code in _ENCODED_SEPARATORS):
+                return "a percent-encoded dot, slash or backslash in the path"
+            if "%" not in decoded:
+                break
+            decoded = unquote(decoded)
+        else:
+            return "a path encoded more than three times"
+        if "\\" in decoded:
+            return "a backslash in the path"
+        if decoded.split(";", 1)[0] in (".", ".."):
+            return "dot segments in the path"
+    return None
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

@@ -30,7 +30,7 @@ from cds_tpi.service.config import Issuer, ServiceConfig, is_loopback
 from cds_tpi.service.discovery import PREFETCH, PrefetchKey
 from cds_tpi.service.hooks import HookCall
 from cds_tpi.service.metrics import observe_fallback
-from cds_tpi.service.outbound import FhirClient, allowed_fhir_base
+from cds_tpi.service.outbound import FhirClient, allowed_fhir_base, path_refusal
 from cds_tpi.service.outcomes import HttpError
 
 FHIR_JSON = "application/fhir+json"
@@ -178,6 +178,8 @@ class _Fetcher:
             path = urlsplit(url).path
             if _origin(url) != self.origin or not (path == self.base_path or path.startswith(self.base_path + "/")):
                 raise FetchFailed("a next link pointed to another host or outside fhirServer; not followed")
+            if (why := path_refusal(path)) is not None:  # %2e%2e, ..%2f, ..;/ could leave fhirServer on the server
+                raise FetchFailed("a next link pointed outside fhirServer; not followed", f"next link: {why}")
             if url in seen:
                 raise FetchFailed("the FHIR server's next links loop")
             if pages >= self.config.fhir_max_pages:

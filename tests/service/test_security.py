@@ -146,7 +146,7 @@ class Stub:
     """A loopback FHIR server: base `{url}/{mode}`; records every request it gets.
     modes: ok; slowobs / slowallergy (that search sleeps 10 s); slow (everything sleeps 10 s);
     gzipbomb (Observation: 20 MB of zeros gzip-compressed to ~20 KB, sent although identity was asked);
-    manyentries (Observation: 3,000 entries); twopages (Condition: two pages of 600 entries, `next` link)."""
+    manyentries (Observation: 3,000 entries); nextescapeN (Condition: a `next` link with ESCAPING_PATHS[N]); twopages (Condition: two pages of 600 entries, `next` link)."""
 
     def __init__(self) -> None:
         import asyncio
@@ -178,6 +178,11 @@ class Stub:
             if mode == "manyentries" and resource_type == "Observation":
                 matches = [{**matches[0], "id": f"obs-{i}"} for i in range(3000)] if matches else []
             bundle = {"resourceType": "Bundle", "type": "searchset"}
+            if mode.startswith("nextescape") and resource_type == "Condition" and matches:
+                form = ESCAPING_PATHS[int(mode[len("nextescape"):])]
+                bundle["entry"] = [{"resource": matches[0]}]
+                bundle["link"] = [{"relation": "next", "url": f"{self.base(mode)}/{form}admin/Condition?page=2"}]
+                return JSONResponse(bundle)
             if mode == "twopages" and resource_type == "Condition" and matches:
                 page = request.query_params.get("page", "1")
                 bundle["entry"] = [{"resource": {**matches[0], "id": f"c{page}-{i}"}} for i in range(600)]
@@ -249,6 +254,48 @@ def test_only_allowed_fhir_servers_are_fetched_from(start_service, evaluator, st
         assert r.status_code == 412, (target, r.text)
         assert all("not an allowed FHIR server" in d for d in _diagnostics(r)), (target, _diagnostics(r))
     assert len(stub.requests) == before  # nothing was sent, least of all the EHR's token
+
+
+# path forms a server (or its proxy) may decode or normalise into a path outside the allowed base
+ESCAPING_PATHS = ["%2e%2e/", "%2E%2E/", "..%2f", "..%2F", "..;/", "..;x=1/", ".%2e/", "%252e%252e/", "..%5c", "..\\",
+                  "%2fadmin/", ".;/"]
+
+
+@pytest.mark.parametrize("form", ESCAPING_PATHS)
+@pytest.mark.parametrize("listed", [True, False], ids=["allow-list", "open-loopback"])
+def test_encoded_dot_segments_in_fhir_server_are_refused(start_service, evaluator, stub, form, listed):
+    service = start_service(evaluator, **({"allowed_fhir_servers": (stub.base("ok"),)} if listed else {}))
+    before = len(stub.requests)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(f"{stub.base('ok')}/{form}admin"))
+    assert r.status_code == 412, (form, r.text)
+    assert all("not an allowed FHIR server" in d for d in _diagnostics(r)), (form, _diagnostics(r))
+    assert len(stub.requests) == before
+
+
+@pytest.mark.parametrize("form", ESCAPING_PATHS)
+def test_encoded_dot_segments_in_next_links_are_not_followed(start_service, fake_evaluator, stub, form, caplog):
+    service = start_service(fake_evaluator)
+    mode = f"nextescape{ESCAPING_PATHS.index(form)}"
+    before = len(stub.requests)
+    r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base(mode)))
+    assert r.status_code == 412, (form, r.text)
+    assert any("'conditions'" in d for d in _diagnostics(r))
+    conditions = [path for path, _ in stub.requests[before:] if "Condition" in path]
+    assert len(conditions) == 1, conditions  # the first page only
+    assert "next link" in caplog.text
+
+
+def test_path_refusal_units():
+    from cds_tpi.service.outbound import allowed_fhir_base, path_refusal
+
+    for path in ("/fhir", "/fhir/R4", "/fhir/a.b/c", "/fhir/%41b", "/fhir/..x/y", "/fhir/a;b"):
+        assert path_refusal(path) is None, path
+    for form in ESCAPING_PATHS + ["../", "./"]:
+        assert path_refusal(f"/fhir/{form}admin") is not None, form
+        assert allowed_fhir_base(f"http://h.example/fhir/{form}admin", ["http://h.example/fhir"],
+                                 open_loopback=False, allow_http=True) is not None, form
+    assert allowed_fhir_base("http://h.example/fhir/R4", ["http://h.example/fhir"], open_loopback=False,
+                             allow_http=True) is None
 
 
 def test_open_mode_fetches_from_loopback_only_by_default(start_service, evaluator, stub):
