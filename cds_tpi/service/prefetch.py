@@ -8,10 +8,12 @@ patient id.
 
 Security (issue 10): fetches go only to allowed FHIR servers at checked addresses (outbound.py); one
 budget of bytes (decompressed) and entries per call across all keys and pages; a bounded number of
-requests in flight per FHIR server; the reasons given to the caller are generic (a caller must not
-learn what listens on a port), the details go to the log without URLs. The keys are fetched
-concurrently within the call's one time budget; each key's reason is its own (a key that timed out
-says so, the keys that were answered are used)."""
+requests in flight per FHIR server; in open mode every key that could not be had after a request
+was attempted reads "could not be fetched from the FHIR server" (a caller must not learn what
+listens on a port: closed, silent, 404, 401 read the same); a JWT-authenticated caller is told the
+reason (timed out, refused access, not found, too large); the details go to the log without URLs.
+The keys are fetched concurrently within the call's one time budget; each key's reason is its own
+(the keys that were answered are used)."""
 
 from __future__ import annotations
 
@@ -48,9 +50,10 @@ class FetchFailed(Exception):
     """A prefetch key could not be fetched; the message is a short reason without URLs or ids (for
     the caller), `detail` what happened (for the log, also without URLs or ids)."""
 
-    def __init__(self, reason: str, detail: str | None = None):
+    def __init__(self, reason: str, detail: str | None = None, *, contacted: bool = True):
         super().__init__(reason)
         self.detail = detail or reason
+        self.contacted = contacted  # False: refused before any request (no fhirServer, not allowed)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,11 @@ class _Fetcher:
         self.refusal = fetch_refusal(call.fhir_server, config, issuer) if call.fhir_server else None
         self.bytes_left = config.fhir_max_bytes_per_call  # shared by every key and page of this call
         self.entries_left = config.fhir_max_entries_per_call
+        # Open mode: anyone may call and name a loopback fhirServer, so whatever happened once a
+        # request was attempted (closed port, silence, 404, 401, garbage, too much) reads the same to
+        # the caller: no port map. A JWT-authenticated caller names only its issuer's or the allowed
+        # FHIR servers and is told the reason (timed out, refused access, not found, too large ...).
+        self.detailed = config.auth_enabled
 
     async def resolve(self, key: PrefetchKey, given: dict) -> tuple[str, Any]:
         """("given" | "fetched", value) or ("failed", reason)."""
@@ -136,13 +144,15 @@ class _Fetcher:
             async with asyncio.timeout_at(self.deadline):
                 return await self._resolve(key, given)
         except TimeoutError:
-            log.info("FHIR fetch of prefetch key %s: the call's %.1f s budget ran out", key.key,
-                     self.config.fhir_total_timeout)
-            return "failed", TIMED_OUT
+            log.warning("FHIR fetch of prefetch key %s timed out: the call's %.1f s budget ran out", key.key,
+                        self.config.fhir_total_timeout)
+            return "failed", TIMED_OUT if self.detailed else NOT_FETCHED
         except FetchFailed as e:
-            if e.detail != str(e):
-                log.warning("FHIR fetch of prefetch key %s failed: %s", key.key, e.detail)
-            return "failed", str(e)
+            reason = str(e) if self.detailed or not e.contacted else NOT_FETCHED
+            if e.detail != reason:
+                log.warning("FHIR fetch of prefetch key %s failed: %s", key.key,
+                            e.detail if e.detail == str(e) else f"{e} ({e.detail})")
+            return "failed", reason
 
     async def _resolve(self, key: PrefetchKey, given: dict) -> tuple[str, Any]:
         if key.key in given:
@@ -166,9 +176,9 @@ class _Fetcher:
 
     def _require_server(self, why: str) -> None:
         if not self.call.fhir_server:
-            raise FetchFailed(why)
+            raise FetchFailed(why, contacted=False)
         if self.refusal is not None:
-            raise FetchFailed(NOT_ALLOWED, f"fhirServer {self.refusal}")
+            raise FetchFailed(NOT_ALLOWED, f"fhirServer {self.refusal}", contacted=False)
 
     async def _pages(self, bundle: dict, pages: int) -> dict:
         entries = list(_entries(bundle))

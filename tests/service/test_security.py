@@ -146,7 +146,7 @@ class Stub:
     """A loopback FHIR server: base `{url}/{mode}`; records every request it gets.
     modes: ok; slowobs / slowallergy (that search sleeps 10 s); slow (everything sleeps 10 s);
     gzipbomb (Observation: 20 MB of zeros gzip-compressed to ~20 KB, sent although identity was asked);
-    manyentries (Observation: 3,000 entries); nextescapeN (Condition: a `next` link with ESCAPING_PATHS[N]); twopages (Condition: two pages of 600 entries, `next` link)."""
+    manyentries (Observation: 3,000 entries); statusNNN (every request answered HTTP NNN); nextescapeN (Condition: a `next` link with ESCAPING_PATHS[N]); twopages (Condition: two pages of 600 entries, `next` link)."""
 
     def __init__(self) -> None:
         import asyncio
@@ -169,6 +169,8 @@ class Stub:
             if mode == "slow" or (mode == "slowobs" and resource_type == "Observation") or (
                     mode == "slowallergy" and resource_type == "AllergyIntolerance"):
                 await asyncio.sleep(10)
+            if mode.startswith("status"):
+                return JSONResponse({"resourceType": "OperationOutcome"}, int(mode[len("status"):]))
             if (mode == "gzipbomb" and resource_type == "Observation") or mode == "allbombs":
                 return Response(bomb, media_type="application/fhir+json", headers={"Content-Encoding": "gzip"})
             if "/" in rest:
@@ -380,43 +382,80 @@ def test_path_segment_patient_ids_are_refused_before_any_fetch(start_service, ev
     assert len(stub.requests) == before
 
 
-def test_412_texts_do_not_map_ports(start_service, evaluator):
-    """A closed port and a port answering garbage read the same to the caller."""
-    service = start_service(evaluator, fhir_total_timeout=2.0)
-    closed = service.post("/cds-services/tpi-order-sign", fallback_request(f"http://127.0.0.1:{free_port()}/fhir"))
-    assert closed.status_code == 412
-    for d in _diagnostics(closed):
-        assert "unreachable" not in d and "Error" not in d and "could not be fetched from the FHIR server" in d
+def test_412_texts_do_not_map_ports(start_service, evaluator, stub, caplog):
+    """Open mode: a closed port, a listener that never answers, an HTTP server answering 404 and one
+    answering 401 read the same to the caller, key by key (the log says what happened)."""
+    import socket
+
+    service = start_service(evaluator, fhir_total_timeout=1.5, fhir_read_timeout=1.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(50)  # connections are accepted by the kernel and never answered
+    try:
+        targets = {"closed": f"http://127.0.0.1:{free_port()}/fhir", "silent": f"http://127.0.0.1:{silent.getsockname()[1]}/fhir",
+                   "404": stub.base("status404"), "401": stub.base("status401"), "403": stub.base("status403")}
+        texts = {}
+        for name, target in targets.items():
+            r = service.post("/cds-services/tpi-order-sign", fallback_request(target))
+            assert r.status_code == 412, (name, r.text)
+            texts[name] = _diagnostics(r)
+    finally:
+        silent.close()
+    assert all(t == texts["closed"] for t in texts.values()), texts
+    for d in texts["closed"]:
+        assert d.endswith(": could not be fetched from the FHIR server"), d
+        for leak in ("unreachable", "Error", "timed out", "not found", "refused", "HTTP"):
+            assert leak not in d, d
+    assert "HTTP 404" in caplog.text and "HTTP 401" in caplog.text  # the detail is in the log
+
+
+def test_an_authenticated_caller_is_told_why_its_fhir_server_failed(start_service, evaluator, stub, signer):
+    from cds_tpi.service.config import Issuer
+
+    issuer = Issuer(iss="https://ehr.example.org", jwks_file=str(signer.jwks_file),
+                    fhir_servers=(stub.base("status404"), stub.base("status401")))
+    service = start_service(evaluator, issuers=(issuer,))
+    url = service.url + "/cds-services/tpi-order-sign"
+    for mode, reason in (("status404", "not found on the FHIR server"), ("status401", "refused access (HTTP 401)")):
+        r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base(mode)),
+                         headers={"Authorization": f"Bearer {signer.token(url)}"})
+        assert r.status_code == 412 and all(d.endswith(reason) for d in _diagnostics(r)), _diagnostics(r)
 
 
 # --- 5. memory amplification -----------------------------------------------------------------------
 
-def test_a_gzip_bomb_is_not_decoded_beyond_the_budget(start_service, evaluator, stub):
+def test_a_gzip_bomb_is_not_decoded_beyond_the_budget(start_service, evaluator, stub, caplog):
     service = start_service(evaluator, fhir_max_bytes_per_call=2_000_000)
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("gzipbomb")))
-    assert r.status_code == 200, r.text  # observations are optional: a missing-data card says why
-    assert "too large" in _missing(r)
+    assert r.status_code == 200, r.text  # observations are optional: a missing-data card says so
+    assert "could not be fetched" in _missing(r)  # open mode: generic; the log says why
+    assert any("key observations" in m and "too large" in m for m in caplog.messages)
     assert stub.requests[-1][1].get("accept-encoding") == "identity"
 
 
-def test_gzip_bombs_on_every_key_share_one_budget(start_service, evaluator, stub):
+def test_gzip_bombs_on_every_key_share_one_budget(start_service, evaluator, stub, caplog):
     """Seven bombs at once: each key stops at the shared budget, none decodes beyond it (a key that
     found the budget spent by another once decoded without limit: zlib's max_length 0 = no limit)."""
     service = start_service(evaluator, fhir_max_bytes_per_call=1_000_000)
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("allbombs")))
     assert r.status_code == 412
-    assert all(d.endswith("FHIR data too large for this service's limits") for d in _diagnostics(r)), _diagnostics(r)
+    keys = [d.split("'")[1] for d in _diagnostics(r)]
+    too_large = [m for m in caplog.messages if "FHIR data too large for this service's limits" in m]
+    assert all(any(f"key {k} " in m for m in too_large) for k in keys), caplog.messages
 
 
-def test_entries_are_budgeted_per_call(start_service, evaluator, stub):
+def test_entries_are_budgeted_per_call(start_service, evaluator, stub, caplog):
     service = start_service(evaluator, fhir_max_entries_per_call=1000)
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("manyentries")))
-    assert r.status_code == 200 and "too large" in _missing(r)
+    assert r.status_code == 200 and "INR" in _missing(r)
+    assert any("key observations" in m and "more than 1000 entries" in m for m in caplog.messages)
+    caplog.clear()
     ok = start_service(evaluator).post("/cds-services/tpi-order-sign", fallback_request(stub.base("manyentries")))
-    assert ok.status_code == 200 and "too large" not in _missing(ok)
+    assert ok.status_code == 200 and "could not be fetched" not in _missing(ok)
+    assert not any("entries" in m for m in caplog.messages)
 
 
-def test_entries_of_follow_on_pages_are_counted_once(start_service, fake_evaluator, stub):
+def test_entries_of_follow_on_pages_are_counted_once(start_service, fake_evaluator, stub, caplog):
     """Two Condition pages of 600 entries fit a budget of 1,500 (page 2 was counted twice: 412)."""
     service = start_service(fake_evaluator, fhir_max_entries_per_call=1500)
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("twopages")))
@@ -425,7 +464,8 @@ def test_entries_of_follow_on_pages_are_counted_once(start_service, fake_evaluat
     assert len(conditions["entry"]) == 1200
     tight = start_service(fake_evaluator, fhir_max_entries_per_call=1100)  # and the budget still holds
     r = tight.post("/cds-services/tpi-order-sign", fallback_request(stub.base("twopages")))
-    assert r.status_code == 412 and "too large" in r.text
+    assert r.status_code == 412 and "'conditions'" in r.text
+    assert any("key conditions" in m and "more than 1100 entries" in m for m in caplog.messages)
 
 
 # --- 6. one shared outbound pool / issue 9 item 12: concurrent fetches, the key that timed out -------------
@@ -445,19 +485,20 @@ def test_callers_of_a_slow_fhir_server_do_not_starve_another(start_service, fake
     assert good_seconds < 1.5
 
 
-def test_keys_are_fetched_concurrently_and_a_timeout_names_its_own_key(start_service, evaluator, stub):
+def test_keys_are_fetched_concurrently_and_a_timeout_names_its_own_key(start_service, evaluator, stub, caplog):
     service = start_service(evaluator, fhir_total_timeout=1.5, fhir_read_timeout=5.0)
     t0 = time.monotonic()
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("slowobs")))
     seconds = time.monotonic() - t0
     assert r.status_code == 200, r.text  # the six keys answered are used
     missing = _missing(r)
-    timed_out = [line for line in missing.splitlines() if "timed out" in line]
-    assert len(timed_out) == 1 and "INR" in timed_out[0], missing  # observations, and only they
+    lost = [line for line in missing.splitlines() if "could not be fetched" in line]  # open mode: generic text
+    assert len(lost) == 1 and "INR" in lost[0], missing  # observations, and only they
+    assert [m.split()[5] for m in caplog.messages if "timed out" in m] == ["observations"]  # the log says why
     assert seconds < 3.0  # one budget for all keys, not one per key
     r = service.post("/cds-services/tpi-order-sign", fallback_request(stub.base("slowallergy")))
     assert r.status_code == 412
-    assert _diagnostics(r) == ["required prefetch 'allergies' (allergies): FHIR server timed out"]
+    assert _diagnostics(r) == ["required prefetch 'allergies' (allergies): could not be fetched from the FHIR server"]
 
 
 # --- 7. slow clients ---------------------------------------------------------------------------------
