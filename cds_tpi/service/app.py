@@ -339,10 +339,12 @@ async def _http_error(request: Request, e: Exception) -> Response:
 
 
 def _log_refusal(request: Request, e: HttpError) -> None:
-    """A 401 is logged with its reason (the messages of auth.py name no token, claim value or patient)."""
+    """A 401 is logged with its reason (the caller reads one generic text; the reasons of auth.py
+    name no token, claim value or patient)."""
     if e.status == 401:
-        log.warning("401 on %s %s: %s", request.method, request.url.path, e.message,
-                    extra={"fields": {"event": "unauthorized", "path": request.url.path, "reason": e.message}})
+        reason = getattr(e, "reason", e.message)
+        log.warning("401 on %s %s: %s", request.method, request.url.path, reason,
+                    extra={"fields": {"event": "unauthorized", "path": request.url.path, "reason": reason}})
 
 
 async def _http_exception(request: Request, e: Exception) -> Response:

@@ -4,8 +4,10 @@ Every call (discovery, service, feedback) carries `Authorization: Bearer <JWT>` 
 trusted issuer. We check: alg in ES384/RS384/ES256/RS256 (never `none` or HMAC), `typ` JWT, a
 `kid` found in the issuer's configured JWK Set (the `jku` header is ignored: keys come only from
 configuration), the signature, `iss` allow-listed, `aud` equal to the exact URL called, `exp`/`iat`
-with a small leeway, a bounded lifetime, and `jti` not seen before. Failures are 401 with the
-reason; neither the token nor its claims are ever logged."""
+with a small leeway, a bounded lifetime, and `jti` not seen before. Every refusal is the same 401
+text to the caller (`REJECTED`: a caller learns nothing about which issuers, kids or key types
+exist, nor whether a trusted issuer's JWK Set is reachable); the reason is logged (app.py
+`_log_refusal`); neither the token nor its claims are ever logged."""
 
 from __future__ import annotations
 
@@ -35,11 +37,22 @@ _KTY_FOR_ALG = {"ES256": "EC", "ES384": "EC", "RS256": "RSA", "RS384": "RSA"}
 _JWKS_MIN_REFRESH_SECONDS = 30.0
 
 
-def unauthorized(reason: str) -> HttpError:
-    """A 401 naming why the token was refused."""
-    description = reason.replace('"', "'")
-    return HttpError(401, f"JWT rejected: {reason}", headers={
-        "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'})
+# The one text of every JWT refusal (the reason goes to the log only)
+REJECTED = "JWT rejected: the bearer token is missing or not valid for this service"
+
+
+class Unauthorized(HttpError):
+    """A 401 with the generic text; `reason` (for the log, never the token) says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(401, REJECTED, headers={
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{REJECTED}"'})
+        self.reason = reason
+
+
+def unauthorized(reason: str) -> Unauthorized:
+    """The 401 for a refused token: the caller reads REJECTED, the log `reason`."""
+    return Unauthorized(reason)
 
 
 class JtiStore:
@@ -76,9 +89,6 @@ class JtiStore:
 
 
 MAX_JTI_LENGTH = 256  # the jwt_jti column (storage.py)
-# One text for every reason a token's issuer or key is not accepted: an attacker learns nothing about
-# which issuers or kids exist (the log keeps the reason).
-UNTRUSTED = "not signed by a trusted issuer's key"
 
 
 @dataclass
@@ -107,7 +117,8 @@ class JwtVerifier:
                     raise ValueError(f"issuer {source.issuer.iss}: cannot read JWKS file: {e}") from e
 
     async def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
-        """Return the verified claims, or raise HttpError 401 (503 when an issuer's keys are unreachable)."""
+        """Return the verified claims, or raise Unauthorized (401; also when a trusted issuer's JWK Set
+        cannot be fetched: a 503 there would tell which issuers are trusted)."""
         if not authorization:
             raise unauthorized("an 'Authorization: Bearer <JWT>' header is required")
         scheme, _, token = authorization.partition(" ")
@@ -126,8 +137,7 @@ class JwtVerifier:
         iss = claims.get("iss")
         source = self._sources.get(iss) if isinstance(iss, str) else None
         if source is None:
-            log.info("401: iss is not a trusted issuer")
-            raise unauthorized(UNTRUSTED)
+            raise unauthorized("iss is not a trusted issuer")
         key = await self._key(source, kid, alg)
         try:
             verified = jwt.decode(token, key, algorithms=[alg]).claims
@@ -193,10 +203,9 @@ class JwtVerifier:
                         log.warning("JWKS of issuer %s unavailable: %s", source.issuer.iss, type(e).__name__)
         jwk_dict = source.keys.get(kid)
         if jwk_dict is None and url and not source.keys:
-            raise HttpError(503, "the issuer's JWK Set cannot be fetched now", headers={"Retry-After": "30"})
+            raise unauthorized("the trusted issuer's JWK Set cannot be fetched now")
         if jwk_dict is None:
-            log.info("401: no key with this kid in the issuer's JWK Set")
-            raise unauthorized(UNTRUSTED)
+            raise unauthorized("no key with this kid in the issuer's JWK Set")
         if jwk_dict.get("kty") != _KTY_FOR_ALG[alg]:
             raise unauthorized(f"key type {jwk_dict.get('kty')!r} does not fit alg {alg}")
         try:

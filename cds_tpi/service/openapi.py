@@ -24,7 +24,7 @@ def _ref(name: str) -> dict:
 _ERRORS = {
     "400": "Malformed JSON or a missing / wrong field (named in the OperationOutcome); for feedback, also an "
            "override reason the card did not offer",
-    "401": "JWT missing or rejected (the reason is in the OperationOutcome)",
+    "401": "JWT missing or rejected (one text for every reason; the service log has the reason)",
     "404": "Unknown service; for feedback, also a card this service never issued",
     "408": "The body was not received within body_read_timeout",
     "413": "Body over the configured limit",

@@ -576,7 +576,7 @@ def test_issuers_require_public_base_url():
         ServiceConfig(issuers=(Issuer(iss="https://ehr.example.org", jwks_file="k.json"),))
 
 
-def test_a_token_for_another_service_sent_with_its_host_is_refused(start_service, fake_evaluator, signer):
+def test_a_token_for_another_service_sent_with_its_host_is_refused(start_service, fake_evaluator, signer, caplog):
     from conftest import issuer_for
 
     service = start_service(fake_evaluator, issuers=issuer_for(signer))
@@ -584,9 +584,10 @@ def test_a_token_for_another_service_sent_with_its_host_is_refused(start_service
     r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
                      headers={"Authorization": f"Bearer {signer.token(other)}", "Host": "other-cds.example.org"})
     assert r.status_code == 400 and "host" in r.text.lower()  # untrusted Host
-    r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
-                     headers={"Authorization": f"Bearer {signer.token(other)}"})
-    assert r.status_code == 401 and "aud" in r.text
+    with caplog.at_level("WARNING", logger="cds_tpi.service"):
+        r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
+                         headers={"Authorization": f"Bearer {signer.token(other)}"})
+    assert r.status_code == 401 and "aud does not equal the URL called" in caplog.text  # the log says why
 
 
 def test_a_dns_rebinding_host_is_refused_in_open_mode(start_service, fake_evaluator):
@@ -637,27 +638,53 @@ def test_a_replay_check_that_cannot_reach_the_database_fails_closed(start_servic
     assert r.status_code == 503 and r.headers["retry-after"]
 
 
-def test_an_overlong_jti_is_refused(start_service, fake_evaluator, signer):
+def test_an_overlong_jti_is_refused(start_service, fake_evaluator, signer, caplog):
     from conftest import issuer_for
 
     service = start_service(fake_evaluator, issuers=issuer_for(signer))
     url = service.url + "/cds-services/tpi-order-sign"
     r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"),
                      headers={"Authorization": f"Bearer {signer.token(url, jti='j' * 300)}"})
-    assert r.status_code == 401 and "jti" in r.text
+    assert r.status_code == 401 and "jti must be a string of at most 256" in caplog.text
 
 
-def test_untrusted_issuer_and_unknown_kid_read_the_same(start_service, fake_evaluator, signer):
+def test_every_jwt_refusal_reads_the_same(start_service, fake_evaluator, signer, caplog):
+    """Untrusted iss, unknown kid, a known kid with a key type that does not fit alg, a trusted issuer
+    whose JWK Set cannot be fetched (was 503: told which issuers are trusted), a bad signature, an
+    expired token, no header: one 401 text and one WWW-Authenticate; the log says why, never the token."""
+    from joserfc import jwk
+
+    from cds_tpi.service.auth import REJECTED
+    from cds_tpi.service.config import Issuer
     from conftest import issuer_for
 
-    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    jwks_down = Issuer(iss="https://ehr2.example.org", jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")
+    service = start_service(fake_evaluator, issuers=(*issuer_for(signer), jwks_down))
     url = service.url + "/cds-services/tpi-order-sign"
-    texts = []
-    for token in (signer.token(url, iss="https://untrusted.example"), signer.token(url, header={"kid": "nope"})):
-        r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"), headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 401
-        texts.append(r.json()["issue"][0]["diagnostics"])
-    assert texts[0] == texts[1]
+    rsa = jwk.RSAKey.generate_key(2048, private=True)
+    tokens = {
+        "iss is not a trusted issuer": signer.token(url, iss="https://untrusted.example"),
+        "no key with this kid": signer.token(url, header={"kid": "nope"}),
+        "does not fit alg RS256": signer.token(url, alg="RS256", key=rsa),  # kid ehr-key-1 is an EC key
+        "JWK Set cannot be fetched": signer.token(url, iss="https://ehr2.example.org", header={"kid": "x"}),
+        "bad signature": signer.token(url, key=jwk.ECKey.generate_key("P-384", private=True)),
+        "expired": signer.token(url, iat_offset=-1000),
+        "Authorization": None,
+    }
+    answers = []
+    with caplog.at_level("WARNING", logger="cds_tpi.service"):
+        for why, token in tokens.items():
+            caplog.clear()
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            r = service.post("/cds-services/tpi-order-sign", hook_request("order-sign"), headers=headers)
+            assert r.status_code == 401, (why, r.text)
+            answers.append((r.text, r.headers["www-authenticate"], r.headers.get("retry-after")))
+            assert why in caplog.text, (why, caplog.text)
+            assert not token or token not in caplog.text and token.split(".")[1] not in caplog.text
+    assert all(a == answers[0] for a in answers), answers
+    assert REJECTED in answers[0][0] and answers[0][2] is None
+    for leak in ("kid", "key type", "issuer", "JWK", "EC", "RS256", "expired", "signature"):
+        assert leak not in answers[0][0] + answers[0][1], leak
 
 
 def test_a_failing_jwks_url_is_fetched_once_not_per_call(start_service, fake_evaluator, signer):
@@ -678,7 +705,7 @@ def test_a_failing_jwks_url_is_fetched_once_not_per_call(start_service, fake_eva
         answers = list(pool.map(lambda _: service.post(
             "/cds-services/tpi-order-sign", hook_request("order-sign"),
             headers={"Authorization": f"Bearer {signer.token(url)}"}).status_code, range(16)))
-    assert set(answers) == {503}
+    assert set(answers) == {401}  # the generic 401: a 503 told which issuers are trusted
     assert len(fetches) == 1
 
 
