@@ -4,7 +4,7 @@
     -> CORS (browser clients such as the CDS Hooks Sandbox; answers preflights)
     -> route: /health, /openapi.json, GET /cds-services, POST /cds-services/{id}[/feedback]
        -> find the service (404) -> JWT (401) -> read the body within the limit (413)
-       -> validate the CDS Hooks request (400) -> gate (is it a TPI?) -> complete the prefetch
+       -> validate the CDS Hooks request on a worker thread (400) -> gate (is it a TPI?) -> complete the prefetch
           from fhirServer (412) -> engine -> cards
     -> the audit row, queued for a background writer (a failure is logged and counted, never blocks).
 """
@@ -205,19 +205,29 @@ async def call_service(request: Request) -> Response:
     records: dict[str, list[str]] = {}  # key names by source, for the log (never values or URLs)
     try:
         claims = await _authenticate(request)
-        call = parse_call(service, await _read_body(request, st.config.max_body_bytes))
+        body_bytes = await _read_body(request, st.config.max_body_bytes)
+        # one deadline (evaluation_timeout) for the call's CPU work: parse + validate, gate, evaluate;
+        # the FHIR fetches in between have their own budget and are not counted here
+        budget = _Budget(st.config.evaluation_timeout)
+        with budget:  # orjson + jsonschema on up to max_body_bytes: off the event loop
+            call = await st.runner.parse_within(budget.left, parse_call, service, body_bytes)
+        del body_bytes
         hook_instance = call.hook_instance
-        if not await st.runner.run(should_evaluate, call, st.evaluator):
+        with budget:
+            applicable = await st.runner.run_within(budget.left, should_evaluate, call, st.evaluator)
+        if not applicable:
             status, outcome, body = 200, "not-applicable", {"cards": []}
         else:
             prefetched = await complete_prefetch(call, st.http, st.config, st.prefetch_keys,
                                                  issuer=st.verifier.issuer_of(claims) if st.verifier else None)
             records = record_sources(st.prefetch_keys, call.request.get("prefetch") or {}, prefetched.fetched)
             try:
-                evaluation = await st.runner.run(st.evaluator.evaluate_request,
-                                                 {**call.request, "prefetch": prefetched.prefetch},
-                                                 gaps=list(prefetched.gaps),
-                                                 checked=checked_records(st.prefetch_keys, prefetched.prefetch))
+                with budget:
+                    evaluation = await st.runner.run_within(budget.left, st.evaluator.evaluate_request,
+                                                            {**call.request, "prefetch": prefetched.prefetch},
+                                                            gaps=list(prefetched.gaps),
+                                                            checked=checked_records(st.prefetch_keys,
+                                                                                    prefetched.prefetch))
             except InputError as e:
                 raise HttpError(400, e.message, e.location) from None
             status, outcome, body = 200, "evaluated", evaluation.response
@@ -258,7 +268,7 @@ async def call_feedback(request: Request) -> Response:
     st = _state(request)
     service = find_service(request.path_params["service_id"])
     await _authenticate(request)
-    items = parse_feedback(await _read_body(request, st.config.max_body_bytes))
+    items = await run_in_threadpool(parse_feedback, await _read_body(request, st.config.max_body_bytes))  # off the loop
     try:
         issued = await issued_cards(st.storage, st.audit, service.id, items)
     except Exception as e:
@@ -280,6 +290,21 @@ async def call_feedback(request: Request) -> Response:
 
 
 # --- request steps -------------------------------------------------------------------------------
+
+class _Budget:
+    """Seconds of a call's deadline left, spent only inside `with budget:` blocks (the CPU steps)."""
+
+    def __init__(self, seconds: float):
+        self.left = seconds
+        self._since = 0.0
+
+    def __enter__(self) -> "_Budget":
+        self._since = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.left -= time.monotonic() - self._since
+
 
 def _caller(claims: dict | None) -> str | None:
     """Who called, for the audit row: the verified JWT's iss, and its sub when there is one."""

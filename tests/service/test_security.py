@@ -56,6 +56,55 @@ def test_a_slow_evaluation_does_not_block_other_requests_and_meets_its_deadline(
     assert health.json()["evaluationTimeouts"] == 1
 
 
+def _large_body(keys: int = 150_000) -> bytes:
+    """A valid order-sign request of ~4.5 MB: the audit's 150,000 extra prefetch keys (foreign keys
+    pass through; jsonschema validates each)."""
+    request = hook_request("order-sign")
+    request["prefetch"].update({f"k{i}": {"resourceType": "X"} for i in range(keys)})
+    return json.dumps(request, separators=(",", ":")).encode()
+
+
+def test_large_valid_bodies_are_parsed_off_the_event_loop(start_service, fake_evaluator):
+    """parse_call (orjson + jsonschema: ~1-2 s of CPU for 4.5 MB) ran on the event loop: /health
+    waited seconds behind each large call. Now it answers within 1 s while four of them are parsed."""
+    service = start_service(fake_evaluator, evaluation_timeout=60.0)
+    body = _large_body()
+    assert len(body) > 4_000_000
+
+    def post():
+        return httpx.post(service.url + "/cds-services/tpi-order-sign", content=body, timeout=120,
+                          headers={"Content-Type": "application/json"}).status_code
+
+    latencies = []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(post) for _ in range(4)]
+        time.sleep(0.3)
+        with httpx.Client(timeout=30) as client:
+            while not all(c.done() for c in calls):
+                t0 = time.monotonic()
+                assert client.get(service.url + "/health").status_code == 200
+                latencies.append(time.monotonic() - t0)
+                time.sleep(0.05)
+        assert [c.result() for c in calls] == [200] * 4
+    assert len(latencies) >= 3, latencies  # /health was polled while the bodies were parsed
+    assert max(latencies) < 1.0, f"/health took {max(latencies):.2f} s during the parses"
+
+
+def test_the_call_deadline_covers_parsing(start_service, fake_evaluator):
+    """evaluation_timeout bounds parse + evaluate: a body whose validation alone takes longer gets the
+    evaluation deadline's 503, and nothing is evaluated."""
+    service = start_service(fake_evaluator, evaluation_timeout=0.2)
+    t0 = time.monotonic()
+    r = httpx.post(service.url + "/cds-services/tpi-order-sign", content=_large_body(), timeout=60,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    assert "did not finish within 0.2 s" in r.text
+    assert time.monotonic() - t0 < 1.5
+    assert not fake_evaluator.requests
+    assert service.get("/health").json()["evaluationTimeouts"] == 1
+    assert service.post("/cds-services/tpi-order-sign", hook_request("order-sign")).status_code == 200
+
+
 def _draft_dosed_in_ml(text: str) -> dict:
     request = hook_request("order-sign")
     drafts = request["context"]["draftOrders"]
