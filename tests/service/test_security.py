@@ -149,6 +149,22 @@ def test_record_text_is_capped_before_matching():
     assert _words("trapezius [any part except buttock] muscle") == ["trapezius", "muscle"]
 
 
+# --- 2. patient mixing --------------------------------------------------------------------------------
+
+def test_a_condition_of_another_patient_in_the_prefetch_is_400_naming_it(start_service, evaluator):
+    """One patient per call: an order-sign whose conditions searchset holds a Condition of another
+    patient is refused (400 naming the record and the patient), never evaluated with it mixed in."""
+    service = start_service(evaluator)
+    request = hook_request("order-sign")
+    condition = request["prefetch"]["conditions"]["entry"][0]["resource"]
+    condition["subject"] = {"reference": "Patient/other-patient"}
+    r = service.post("/cds-services/tpi-order-sign", request)
+    assert r.status_code == 400, r.text
+    text = " ".join(_diagnostics(r))
+    assert "another patient" in text and "Patient/other-patient" in text, text
+    assert f"Condition/{condition['id']}" in text, text
+
+
 # --- 4. record text in card markdown -------------------------------------------------------------
 
 EVIL = ("<script>alert(1)</script>\n# Forged heading\n[click](javascript:alert(1)) "
