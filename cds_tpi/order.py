@@ -170,42 +170,106 @@ def agent_strength(product: Product, agent: str, others: set[str], term, policy:
 
 
 @dataclass(frozen=True)
-class Dose:
-    """The ordered amount of one draft medication order: a mass in mg, or a volume in mL, as written."""
+class DoseLine:
+    """What one dosageInstruction orders: its largest mass and its largest volume (its doseAndRate
+    entries are the same dose written differently - ordered, calculated, admin amount - so the largest
+    of each kind is taken, never their sum)."""
 
     mg: float | None = None
     ml: float | None = None
-    text: str = ""          # as ordered, for cards ("10 mL", "inject 5 mL of 1%")
+    mg_text: str = ""
+    ml_text: str = ""
+
+    @property
+    def text(self) -> str:
+        return " or ".join(t for t in (self.mg_text, self.ml_text) if t)
+
+
+@dataclass(frozen=True)
+class Dose:
+    """The ordered amount of one draft medication order: a mass in mg, or a volume in mL, as written.
+
+    `mg` / `ml` are the totals over every dosageInstruction; `lines` holds each instruction's amount
+    (empty when built directly: then `mg` / `ml` are the one line); `unread` the instructions that give
+    no usable amount although others do (their dose is not counted and is named as unknown)."""
+
+    mg: float | None = None
+    ml: float | None = None
+    text: str = ""          # as ordered, for cards ("10 mL", "inject 5 mL of 1%", "15 mL + 15 mL")
+    lines: tuple[DoseLine, ...] = ()
+    unread: tuple[str, ...] = ()
+
+    def each(self) -> tuple[DoseLine, ...]:
+        if self.lines:
+            return self.lines
+        if self.mg is None and self.ml is None:
+            return ()
+        return (DoseLine(self.mg, self.ml, self.text if self.mg is not None else "",
+                         self.text if self.mg is None else ""),)
+
+
+MAX_DOSAGES = 50  # dosageInstructions (and doseAndRate entries in each) read per order
+
+
+def _quantity(dr) -> dict | None:
+    """The amount of one doseAndRate: its doseQuantity, or the high end of its doseRange (the most that
+    may be given; the low end when the range has no high)."""
+    if not isinstance(dr, dict):
+        return None
+    q = dr.get("doseQuantity")
+    if not isinstance(q, dict) and isinstance(dr.get("doseRange"), dict):
+        rng = dr["doseRange"]
+        q = rng.get("high") if isinstance(rng.get("high"), dict) else rng.get("low")
+    if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) or isinstance(q.get("value"), bool):
+        return None
+    return q
 
 
 def ordered_dose(request: dict, policy: RecordPolicy) -> Dose:
-    """The first doseQuantity (or the high end of a doseRange) of a MedicationRequest's dosage."""
+    """The dose of a MedicationRequest: the sum over its dosageInstructions (each a separate
+    administration) of each one's amount (DoseLine: the largest of its doseAndRate entries, a doseRange
+    read at its high end)."""
     dosages = request.get("dosageInstruction")
-    texts = []
-    for di in dosages if isinstance(dosages, list) else ():
+    texts, lines, unread, unknown_units = [], [], [], []
+    for di in (dosages if isinstance(dosages, list) else ())[:MAX_DOSAGES]:
         if not isinstance(di, dict):
             continue
-        if isinstance(di.get("text"), str) and di["text"].strip():
-            texts.append(di["text"].strip()[:120])
+        di_text = di["text"].strip()[:120] if isinstance(di.get("text"), str) and di["text"].strip() else ""
+        if di_text:
+            texts.append(di_text)
+        mg = ml = None
+        mg_text = ml_text = unknown = ""
         rates = di.get("doseAndRate")
-        for dr in rates if isinstance(rates, list) else ():
-            if not isinstance(dr, dict):
-                continue
-            q = dr.get("doseQuantity")
-            if not isinstance(q, dict) and isinstance(dr.get("doseRange"), dict):
-                q = dr["doseRange"].get("high")
-            if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) or isinstance(q.get("value"), bool):
+        for dr in (rates if isinstance(rates, list) else ())[:MAX_DOSAGES]:
+            q = _quantity(dr)
+            if q is None:
                 continue
             unit = str(q.get("code") or q.get("unit") or "")
             text = f"{q['value']:g} {q.get('unit') or unit}".strip()
             mass = _unit_factor(policy.dose_units, unit)
-            if mass is not None:
-                return Dose(mg=round(float(q["value"]) * mass, 3), text=text)
             volume = _unit_factor(policy.volume_units, unit)
-            if volume is not None:
-                return Dose(ml=float(q["value"]) * volume, text=text)
-            return Dose(text=text)
-    return Dose(text="; ".join(texts)[:160])
+            if mass is not None:
+                value = round(float(q["value"]) * mass, 3)
+                if mg is None or value > mg:
+                    mg, mg_text = value, text
+            elif volume is not None:
+                value = float(q["value"]) * volume
+                if ml is None or value > ml:
+                    ml, ml_text = value, text
+            elif not unknown:
+                unknown = text
+        if mg is not None or ml is not None:
+            lines.append(DoseLine(mg, ml, mg_text, ml_text))
+        elif unknown or di_text:
+            unread.append(unknown or di_text)
+            if unknown:
+                unknown_units.append(unknown)
+    if not lines:
+        return Dose(text=unknown_units[0] if unknown_units else "; ".join(texts)[:160])
+    masses = [ln.mg for ln in lines if ln.mg is not None]
+    volumes = [ln.ml for ln in lines if ln.ml is not None]
+    return Dose(mg=round(sum(masses), 3) if masses else None, ml=round(sum(volumes), 6) if volumes else None,
+                text=" + ".join(ln.text for ln in lines)[:160], lines=tuple(lines), unread=tuple(unread))
 
 
 def agents_of(vs, policy: RecordPolicy) -> list[AgentLimit]:
@@ -244,18 +308,49 @@ def agent_doses(product: Product, dose: Dose, ref: str, term, policy: RecordPoli
     out = []
     for a in agents:
         others = (product.vs & other_sets) | {b.valueset for b in agents if b is not a}
-        if dose.mg is not None:
+        out += _agent_dose(a, product, dose, ref, vaso, len(agents) == 1, others, term, policy)
+    return out
+
+
+def _agent_dose(a: AgentLimit, product: Product, dose: Dose, ref: str, vaso: bool, only: bool, others: set[str],
+                term, policy: RecordPolicy) -> list[AgentDose]:
+    """One anesthetic's mg over every dosage line of an order: per line, a mass (when the product has
+    this one anesthetic) or a volume x its strength, the larger when a line gives both. Lines with no
+    usable amount are a second AgentDose with no mg (named as not counted beside the counted total)."""
+    lines = dose.each()
+    if not lines:
+        return [AgentDose(a, product.name, ref, vaso, None, dose.text)]
+    conc, found = (agent_strength(product, a.valueset, others, term, policy)
+                   if any(ln.ml is not None for ln in lines) else (None, ""))
+    total, pieces, kinds, missing = 0.0, [], set(), []
+    for ln in lines:
+        options = []
+        if ln.mg is not None and only:
             # a mass ordered for a product with one anesthetic is that anesthetic's mass
-            mg, how = (dose.mg, dose.text) if len(agents) == 1 else (None, f"{dose.text} of a product with several anesthetics")
-        elif dose.ml is not None:
-            conc, found = agent_strength(product, a.valueset, others, term, policy)
-            if conc is None:
-                mg, how = None, f"{dose.text}; the strength of its {a.valueset} could not be determined"
-            else:
-                mg, how = round(dose.ml * conc, 3), f"{dose.text} x {conc:g} mg/mL ({found})"
+            options.append((ln.mg, ln.mg_text, "mass"))
+        if ln.ml is not None and conc is not None:
+            options.append((round(ln.ml * conc, 3), ln.ml_text, "volume"))
+        if options:
+            mg, text, kind = max(options, key=lambda o: o[0])
+            total += mg
+            pieces.append(text)
+            kinds.add(kind)
+        elif ln.ml is not None:
+            missing.append(f"{ln.ml_text}; the strength of its {a.valueset} could not be determined")
         else:
-            mg, how = None, dose.text
-        out.append(AgentDose(a, product.name, ref, vaso, mg, how))
+            missing.append(f"{ln.mg_text} of a product with several anesthetics")
+    missing += list(dose.unread)
+    out = []
+    if pieces:
+        if kinds == {"mass"}:
+            how = " + ".join(pieces)
+        elif kinds == {"volume"}:
+            how = f"{' + '.join(pieces)} x {conc:g} mg/mL ({found})"
+        else:
+            how = f"{' + '.join(pieces)} (mL x {conc:g} mg/mL, {found})"
+        out.append(AgentDose(a, product.name, ref, vaso, round(total, 3), how))
+    if missing:
+        out.append(AgentDose(a, product.name, ref, vaso, None, "; ".join(missing)[:200]))
     return out
 
 

@@ -268,3 +268,58 @@ def test_tpi_orders_as_ehrs_name_them(book, text, tpi):
     order = {"resourceType": "ServiceRequest", "status": "draft", "intent": "order",
              "code": {"coding": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580", "code": "12345"}], "text": text}}
     assert planned.is_tpi(order, book.terminology, book.records) is tpi
+
+
+# -- several dosageInstructions / doseAndRate entries (audit 7 item 1) -------------------------------
+
+def _q(value, unit):
+    return {"doseQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+
+
+def _dosed(*dosages):
+    return {"resourceType": "MedicationRequest", "dosageInstruction": list(dosages)}
+
+
+def test_every_dosage_instruction_is_summed(book):
+    dose = planned.ordered_dose(_dosed(*[{"doseAndRate": [_q(15, "mL")]}] * 3), book.records)
+    assert dose.ml == 45 and dose.text == "15 mL + 15 mL + 15 mL"
+    p = _product(book, ["lidocaine 1% injection"])
+    (d,) = planned.agent_doses(p, dose, "MedicationRequest/x", book.terminology, book.records)
+    assert d.mg == 450
+
+
+def test_dose_and_rate_entries_of_one_instruction_are_one_dose_not_a_sum(book):
+    # Epic writes the same dose as 'admin amount' (mL) and 'calculated' (mg): counted once, the larger
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [_q(10, "mL"), _q(100, "mg")]},
+                                       {"doseAndRate": [_q(10, "mL"), _q(100, "mg")]}), book.records)
+    p = _product(book, ["lidocaine 1% injection"])
+    (d,) = planned.agent_doses(p, dose, "MedicationRequest/x", book.terminology, book.records)
+    assert d.mg == 200
+    # mL and mg that disagree: the larger counts
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [_q(10, "mL"), _q(150, "mg")]}), book.records)
+    (d,) = planned.agent_doses(p, dose, "MedicationRequest/x", book.terminology, book.records)
+    assert d.mg == 150
+
+
+def test_dose_range_counts_at_its_high_end(book):
+    rng = {"doseRange": {"low": {"value": 5, "unit": "mL", "code": "mL"}, "high": {"value": 20, "unit": "mL", "code": "mL"}}}
+    assert planned.ordered_dose(_dosed({"doseAndRate": [rng]}, {"doseAndRate": [rng]}), book.records).ml == 40
+    low_only = {"doseRange": {"low": {"value": 5, "unit": "mL", "code": "mL"}}}
+    assert planned.ordered_dose(_dosed({"doseAndRate": [low_only]}), book.records).ml == 5
+
+
+def test_an_unreadable_instruction_beside_readable_ones_is_named_and_the_rest_counted(book):
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [_q(35, "mL")]}, {"doseAndRate": [_q(1, "vial")]}), book.records)
+    p = _product(book, ["lidocaine 1% injection"])
+    counted, unknown = planned.agent_doses(p, dose, "MedicationRequest/x", book.terminology, book.records)
+    assert counted.mg == 350 and unknown.mg is None and "1 vial" in unknown.how
+    facts, _ = planned.dose_facts([counted, unknown], 70, book.records)
+    assert facts[0]["total_mg"] == 350 and facts[0]["undosed_count"] == 1
+
+
+def test_three_dosages_in_one_draft_order_give_the_dose_card(evaluator):
+    mr = _med("m1", "lidocaine 1% injection", 15, "mL")
+    mr["dosageInstruction"] = mr["dosageInstruction"] * 3
+    ev = evaluator.evaluate_resources([PATIENT, WEIGHT], draft_orders=[TPI, mr], now=NOW)
+    card = _card(ev, "anesthetic-dose")
+    assert card and card["indicator"] == "critical" and "450 mg" in card["detail"]
