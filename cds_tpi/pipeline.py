@@ -95,6 +95,10 @@ class Evaluator:
         return self.evaluate_resources([{"resourceType": "Patient", "id": "warm-up", "birthDate": "1970-01-01"}],
                                        draft_orders=drafts)
 
+    def is_tpi(self, resource: dict) -> bool:
+        """True when this resource is a trigger point injection order (ServiceRequest with a TPI code)."""
+        return planned.is_tpi(resource, self.book.terminology, self.book.records)
+
     def is_tpi_order(self, resources: list[dict]) -> bool:
         """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
         return planned.is_tpi_order(resources, self.book.terminology, self.book.records)
@@ -182,7 +186,7 @@ class Evaluator:
     def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
         started = time.perf_counter()
-        doc = doc.with_drafts()
+        doc = doc.with_drafts(self.is_tpi)
         skipped: list[str] = []
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
         inputs = Inputs(record=[], drafts=[], gaps=gap_list, checked=set(doc.checked) | set(checked))

@@ -323,3 +323,47 @@ def test_three_dosages_in_one_draft_order_give_the_dose_card(evaluator):
     ev = evaluator.evaluate_resources([PATIENT, WEIGHT], draft_orders=[TPI, mr], now=NOW)
     card = _card(ev, "anesthetic-dose")
     assert card and card["indicator"] == "critical" and "450 mg" in card["detail"]
+
+
+# -- an injectate basedOn the planned TPI order, whatever its status (audit 7 item 2) ----------------
+
+def _doc(*resources):
+    import orjson
+
+    from cds_tpi.fhir.read import read_bytes
+    return read_bytes(orjson.dumps(_bundle(*resources)), "t.json")
+
+
+@pytest.mark.parametrize("status,part", [("active", True), ("on-hold", True), ("unknown", True), ("completed", True),
+                                         ("draft", True), ("cancelled", False), ("stopped", False), ("entered-in-error", False)])
+def test_a_medication_request_based_on_the_draft_tpi_is_part_of_the_order(evaluator, status, part):
+    mr = dict(_med("m1", "lidocaine 1% injection", 40, "mL"), status=status)
+    doc = _doc(PATIENT, WEIGHT, TPI, mr).with_drafts(evaluator.is_tpi)
+    assert (mr in [loc.resource for loc in doc.draft_orders]) is part
+    assert (mr in [loc.resource for loc in doc.resources]) is not part
+    ev = evaluator.evaluate_document(_doc(PATIENT, WEIGHT, TPI, mr), now=NOW)
+    assert (_card(ev, "anesthetic-dose") is not None) is part
+
+
+def test_based_on_a_draft_that_is_not_a_tpi_stays_in_the_record(evaluator):
+    other = dict(TPI, id="lab", code={"text": "CBC with differential"})
+    apixaban = dict(_med("m1", "apixaban 5 mg tablet", 5, "mg"), status="active",
+                    basedOn=[{"reference": "ServiceRequest/lab"}])
+    doc = _doc(PATIENT, WEIGHT, TPI, other, apixaban).with_drafts(evaluator.is_tpi)
+    assert apixaban in [loc.resource for loc in doc.resources]
+    assert _card(evaluator.evaluate_document(_doc(PATIENT, WEIGHT, TPI, other, apixaban), now=NOW), "anticoagulant")
+
+
+def test_based_on_by_full_url_and_absolute_reference(evaluator):
+    import orjson
+
+    from cds_tpi.fhir.read import read_bytes
+    mr = dict(_med("m1", "lidocaine 1% injection", 40, "mL"), status="active",
+              basedOn=[{"reference": "urn:uuid:5b1c6a3e-0000-4000-8000-000000000001"}])
+    bundle = _bundle(PATIENT, WEIGHT, TPI, mr)
+    bundle["entry"][2]["fullUrl"] = "urn:uuid:5b1c6a3e-0000-4000-8000-000000000001"
+    doc = read_bytes(orjson.dumps(bundle), "t.json").with_drafts(evaluator.is_tpi)
+    assert mr in [loc.resource for loc in doc.draft_orders]
+    mr2 = dict(mr, basedOn=[{"reference": "https://ehr.example.org/fhir/ServiceRequest/tpi"}])
+    doc = _doc(PATIENT, WEIGHT, TPI, mr2).with_drafts(evaluator.is_tpi)
+    assert mr2 in [loc.resource for loc in doc.draft_orders]

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..errors import InputError
+from .refs import normalize
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
@@ -41,15 +42,48 @@ class Document:
     def hook(self) -> str | None:
         return self.request.get("hook") if self.request else None
 
-    def with_drafts(self) -> "Document":
+    def with_drafts(self, is_order=None) -> "Document":
         """This document with its planned orders in `draft_orders`. A CDS Hooks request has them in
         context.draftOrders already; in any other input they are the draft ServiceRequests and
-        MedicationRequests among the resources, which are moved out of `resources`."""
+        MedicationRequests among the resources, which are moved out of `resources`, and every
+        MedicationRequest basedOn one of those draft ServiceRequests that `is_order` accepts (the TPI
+        order; any draft ServiceRequest when None), whatever its status unless it has ended
+        (ENDED_INJECTATE_STATUS): an EHR may send the order's injectate as `active` beside the draft."""
         if self.draft_orders is not None:
             return self
         drafts = [loc for loc in self.resources if is_plain_draft(loc.resource)]
-        rest = [loc for loc in self.resources if not is_plain_draft(loc.resource)]
+        keys: set[str] = set()
+        for loc in drafts:
+            r = loc.resource
+            if r.get("resourceType") == "ServiceRequest" and (is_order is None or is_order(r)):
+                if isinstance(r.get("id"), str):
+                    keys.add(f"ServiceRequest/{r['id']}")
+                if loc.full_url:
+                    keys.update((loc.full_url, normalize(loc.full_url)))
+        if keys:
+            drafts += [loc for loc in self.resources if not is_plain_draft(loc.resource) and _based_on(loc.resource, keys)]
+        chosen = {id(loc) for loc in drafts}
+        rest = [loc for loc in self.resources if id(loc) not in chosen]
         return replace(self, resources=rest, draft_orders=drafts)
+
+
+# A MedicationRequest in these statuses will not be given (FHIR R4 medicationrequest-status): it is not
+# part of the planned order even when basedOn it. `completed` is not here: an injectate of this
+# procedure recorded as already given still counts toward its dose.
+ENDED_INJECTATE_STATUS = frozenset({"cancelled", "entered-in-error", "stopped"})
+
+
+def _based_on(resource, keys: set[str]) -> bool:
+    """A MedicationRequest that has not ended, basedOn one of these ServiceRequest references."""
+    if (not isinstance(resource, dict) or resource.get("resourceType") != "MedicationRequest"
+            or resource.get("status") in ENDED_INJECTATE_STATUS):
+        return False
+    based = resource.get("basedOn")
+    for b in based if isinstance(based, list) else ():
+        ref = b.get("reference") if isinstance(b, dict) else None
+        if isinstance(ref, str) and (ref in keys or normalize(ref) in keys):
+            return True
+    return False
 
 
 def is_plain_draft(resource) -> bool:
