@@ -15,7 +15,7 @@ from . import order as planned
 from .fhir.datatypes import codeable as _codeable, coding_code as _coding_code, display as _display, parse_date, printable as _printable
 from .fhir.refs import ResourceIndex, ref_key
 from .ruleset.records import RecordPolicy, ResourcePolicy
-from .terminology import Terminology, _words
+from .terminology import Terminology, compile_cues
 
 _CLAUSES = re.compile(r"[.;\n]+")
 
@@ -139,7 +139,7 @@ class FactBuilder:
         self.index = ResourceIndex()
         self.latest_only = latest_observations_only
         self._pending_observations: list[tuple] = []
-        self._cues = [tuple(_words(c)) for c in policy.text_negation_cues if _words(c)]
+        self._cues = compile_cues(policy.text_negation_cues)
 
     # -- helpers ------------------------------------------------------------------------------
     def _emit(self, t: str, **fields) -> dict:
@@ -151,19 +151,11 @@ class FactBuilder:
         return self.term.match(codes, texts).sorted_lists
 
     def _affirmed(self, texts: list[str]) -> list[str]:
-        """Texts without a negation or history cue (those are not matched by text)."""
+        """Texts without the concepts a negation or history cue denies ("no cellulitis", "sepsis ruled
+        out"; not "cellulitis, not improving"): those are not matched by text (terminology.affirmed)."""
         out = []
         for text in texts:
-            words = _words(text)
-            present = set(words)
-            negated = False
-            for cue in self._cues:
-                if cue[0] in present and (len(cue) == 1 or any(
-                        tuple(words[i : i + len(cue)]) == cue for i in range(len(words) - len(cue) + 1))):
-                    negated = True
-                    break
-            if not negated:
-                out.append(text)
+            out += self.term.affirmed(text, self._cues)
         return out
 
     def _age_days(self, d: date | None) -> int | None:

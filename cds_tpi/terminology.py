@@ -32,6 +32,42 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(_ASIDE.sub(" ", bounded_text(text).lower()))
 
 
+# Words and the punctuation that separates them, for negation scope. One token per match, no nested
+# quantifiers: linear in the (bounded) text.
+_TOKEN = re.compile(r"[a-z0-9]+|[,:;.!?()\n]")
+_SENTENCE_END = frozenset(".;!?\n")
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    words: list[str]
+    gap: list[bool]      # punctuation between this word and the one before it
+    sentence: list[int]  # which sentence each word is in
+
+
+def _tokens(text: str) -> _Tokens:
+    words, gap, sentence = [], [], []
+    pending, s = False, 0
+    for m in _TOKEN.finditer(_ASIDE.sub(" ", bounded_text(text).lower())):
+        t = m.group()
+        if not t[0].isalnum():
+            pending = True
+            if t in _SENTENCE_END and words and sentence[-1] == s:
+                s += 1
+            continue
+        words.append(t)
+        gap.append(pending)
+        sentence.append(s)
+        pending = False
+    return _Tokens(words, gap, sentence)
+
+
+def compile_cues(cues) -> tuple[tuple[str, ...], ...]:
+    """Negation cues (records.yaml text_negation_cues) as word tuples, longest first."""
+    out = {tuple(_words(c)) for c in cues}
+    return tuple(sorted((c for c in out if c), key=lambda c: (-len(c), c)))
+
+
 RXNORM, SNOMED, ICD10CM = "http://www.nlm.nih.gov/research/umls/rxnorm", "http://snomed.info/sct", "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC, CPT = "http://loinc.org", "http://www.ama-assn.org/go/cpt"
 # Code systems as EHRs also send them: HL7 OIDs (HL7 terminology, "OID" identifiers of each CodeSystem:
@@ -182,6 +218,85 @@ class Terminology:
         if not by_code and not by_text:
             return EMPTY
         return Membership(frozenset(by_code), frozenset(by_text))
+
+    def _concept_end(self, tok: _Tokens, j: int) -> int | None:
+        """End (exclusive) of the longest value-set text pattern starting at word j, within its sentence."""
+        end = None
+        for n in range(1, min(self._max_words, len(tok.words) - j) + 1):
+            if tok.sentence[j + n - 1] != tok.sentence[j]:
+                break
+            if tuple(tok.words[j : j + n]) in self._text_index:
+                end = j + n
+        return end
+
+    def affirmed(self, text: str, cues: tuple[tuple[str, ...], ...]) -> list[str]:
+        """The parts of a free text that are not denied by a negation cue (`compile_cues`), for text
+        matching: `[text]` itself when nothing is denied.
+
+        A cue denies the concept (a value-set text pattern) that starts right after it, with no
+        punctuation between: "no cellulitis", "not pregnant", "denies pregnancy", "history of sepsis",
+        "no history of sepsis". A cue that governs nothing after it - punctuation or the end of its
+        sentence follows, perhaps after numbers - denies its clause before it, or the clause before when
+        it starts its own: "sepsis ruled out", "cellulitis, resolved 2019", "steroid not given" ("not
+        given" being a cue), "Pregnancy ruled out, no complications"; unless it is itself negated ("not
+        resolved"). A cue that governs another word does not deny the concept before it: "Cellulitis of
+        lower back, not improving", "Pregnancy at 24 weeks, no complications".
+        Linear: each word is tried against each cue and each pattern length (both bounded)."""
+        tok = _tokens(text)
+        words, n = tok.words, len(tok.words)
+        if not n or not cues:
+            return [text] if n else []
+        drop = [False] * n
+        for i in range(n):
+            for cue in cues:
+                k = len(cue)
+                if i + k > n or tuple(words[i : i + k]) != cue or tok.sentence[i + k - 1] != tok.sentence[i]:
+                    continue
+                j = i + k
+                if j < n and tok.sentence[j] == tok.sentence[i] and not tok.gap[j]:
+                    end = self._concept_end(tok, j)
+                    if end is not None:
+                        for x in range(i, end):
+                            drop[x] = True
+                rest = j
+                while rest < n and tok.sentence[rest] == tok.sentence[i] and not tok.gap[rest] and words[rest].isdigit():
+                    rest += 1
+                governs_nothing = rest == n or tok.sentence[rest] != tok.sentence[i] or tok.gap[rest]
+                if governs_nothing and not self._after_cue(tok, i, cues):
+                    x = self._clause_start(tok, i)
+                    if x == i and i > 0 and tok.sentence[i - 1] == tok.sentence[i]:
+                        x = self._clause_start(tok, i - 1)   # "Cellulitis, resolved": the clause before
+                    for y in range(x, j):
+                        drop[y] = True
+        if not any(drop):
+            return [text]
+        parts, run = [], []
+        for w, dropped in zip(words, drop):
+            if dropped:
+                if run:
+                    parts.append(" ".join(run))
+                run = []
+            else:
+                run.append(w)
+        if run:
+            parts.append(" ".join(run))
+        return parts
+
+    @staticmethod
+    def _clause_start(tok: _Tokens, i: int) -> int:
+        """First word of the clause (between punctuation) that word i is in."""
+        while i > 0 and not tok.gap[i] and tok.sentence[i - 1] == tok.sentence[i]:
+            i -= 1
+        return i
+
+    @staticmethod
+    def _after_cue(tok: _Tokens, i: int, cues) -> bool:
+        """Word i follows a cue in its sentence ("not resolved", "not ruled out"): a negated cue."""
+        for cue in cues:
+            k = len(cue)
+            if i - k >= 0 and tuple(tok.words[i - k : i]) == cue and tok.sentence[i - k] == tok.sentence[i]:
+                return True
+        return False
 
     def display_of(self, system: str, code: str) -> str | None:
         """The display a value set gives this code (e.g. an RxNorm product's full name with strengths), so a
