@@ -18,6 +18,9 @@ from .ruleset.records import RecordPolicy, ResourcePolicy
 from .terminology import Terminology, compile_cues
 
 _CLAUSES = re.compile(r"[.;\n]+")
+# A result written as text: an optional comparator, a number, an optional unit ("<10", ">8.0", "45 K/uL").
+_NUMBER = re.compile(r"^(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?|\.\d+)\s*(\S.*)?$")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
 
 
 @dataclass
@@ -398,17 +401,79 @@ class FactBuilder:
                           text_only=text_only, code=f"{codes[0][0]}|{codes[0][1]}" if codes else "", latest_in=latest_in)
             if age is not None:
                 fields["age_days"] = age
-            q = r.get("valueQuantity")
-            if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
-                unit = q.get("code") or q.get("unit") or ""
-                conv = self.policy.observation_units.get(unit)
-                value = float(q["value"])
-                if conv:
-                    value, unit = value * conv["factor"], conv["unit"]
-                fields["value"] = round(value, 4)
-                fields["unit"] = unit
+            problem = self._observation_value(r, vs, fields)
+            if problem and latest_in:
+                # the newest result of a value set the rules compare, and its value cannot be compared
+                self._gap(fields["ref"], f"{fields['name']} ({fields['ref'] or 'no id'}) not read", problem)
             self._emit("observation", **fields)
         self._pending_observations = []
+
+    def _unit_conversion(self, unit: str) -> dict | None:
+        """records.yaml observation_units for a unit: as written, else ignoring case and spaces (one
+        conversion only: a unit text two entries convert differently is not converted)."""
+        table = self.policy.observation_units
+        if unit in table:
+            return table[unit]
+        key = unit.replace(" ", "").lower()
+        found = {(c["unit"], c["factor"]) for u, c in table.items() if u.replace(" ", "").lower() == key}
+        if len(found) == 1:
+            target, factor = found.pop()
+            return {"unit": target, "factor": factor}
+        return None
+
+    def _observation_value(self, r: dict, vs: list[str], fields: dict) -> str | None:
+        """Add value, unit, comparator and value_vs (the value sets of a coded or text answer) to an
+        observation's fields. Returns why the value cannot be compared, for a value set whose unit
+        records.yaml observation_values fixes (else None)."""
+        expected = next((self.policy.observation_values[v] for v in vs if v in self.policy.observation_values), None)
+        raw, comparator, units, shown = None, None, [], None
+        q = r.get("valueQuantity")
+        if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
+            raw, comparator = float(q["value"]), q.get("comparator")
+            units = [u.strip() for u in (q.get("code"), q.get("unit")) if isinstance(u, str) and u.strip()]
+            shown = f"{q.get('comparator') or ''}{q['value']} {q.get('unit') or q.get('code') or ''}".strip()
+        elif isinstance(r.get("valueString"), str):
+            shown = r["valueString"].strip()
+            m = _NUMBER.match(shown)
+            if m:
+                raw, comparator = float(m[2]), m[1]
+                units = [m[3]] if m[3] else []
+        codes, texts = _codeable(r.get("valueCodeableConcept"))
+        if raw is None and isinstance(r.get("valueString"), str):
+            texts = texts + [r["valueString"]]
+        if codes or texts:
+            fields["value_vs"], _ = self._member(codes, self._affirmed(texts))
+        if comparator:
+            comparator = _COMPARATORS.get(comparator, comparator)
+            if comparator not in ("<", "<=", ">", ">="):
+                return f"its value {shown!r} has a comparator ({comparator}) that cannot be compared" if expected else None
+            fields["comparator"] = comparator
+        if raw is None:
+            if expected is None:
+                return None
+            if shown:
+                return f"its value {shown!r} is not a number the checks can compare"
+            return "it has no value" + (f" ({_display(r.get('dataAbsentReason'), '')})" if r.get("dataAbsentReason") else "")
+        if expected is None:  # no fixed unit: converted when the table knows the unit, else as written
+            unit = units[0] if units else ""
+            conv = self.policy.observation_units.get(unit)
+            value = raw * conv["factor"] if conv else raw
+            fields["value"], fields["unit"] = round(value, 4), conv["unit"] if conv else unit
+            return None
+        want = expected["unit"]
+        if not units:
+            if expected.get("unitless_max") is not None and raw <= expected["unitless_max"]:
+                fields["value"], fields["unit"] = round(raw, 4), want
+                return None
+            fields["unit"] = ""
+            return f"its value {shown!r} has no unit (the checks compare {want})"
+        for unit in units:
+            conv = {"unit": want, "factor": 1} if unit.replace(" ", "").lower() == want.lower() else self._unit_conversion(unit)
+            if conv and conv["unit"] == want:
+                fields["value"], fields["unit"] = round(raw * conv["factor"], 4), want
+                return None
+        fields["unit"] = units[0]
+        return f"its unit {units[0]!r} cannot be converted to {want} (rules/records.yaml observation_units)"
 
     def _procedure(self, r: dict, administrations: list[dict]) -> None:
         codes, texts = _codeable(r.get("code"))
@@ -478,7 +543,8 @@ class FactBuilder:
         for f in self.facts:
             if (f["t"] == "observation" and limits.weight_valueset in f.get("latest_in", ()) and f.get("unit") == "kg"
                     and isinstance(f.get("value"), float) and f.get("age_days") is not None
-                    and 0 <= f["age_days"] <= limits.weight_max_age_days and f["value"] > 0):
+                    and 0 <= f["age_days"] <= limits.weight_max_age_days and f["value"] > 0
+                    and not f.get("comparator")):  # ">150 kg" is a bound, not a weight
                 return f["value"]
         return None
 

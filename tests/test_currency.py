@@ -74,6 +74,12 @@ def test_old_acute_condition_on_the_problem_list_follows_its_status(evaluator):
     assert "local-infection" in _rules(evaluator, _cellulitis("2024-03-02", clinicalStatus=active))
 
 
+def test_acute_encounter_diagnosis_is_dated_by_its_latest_date(evaluator):
+    """An old onset recorded recently is current (the latest of onset and recordedDate); both old: history."""
+    assert "local-infection" in _rules(evaluator, _cellulitis("2026-09-15", recordedDate="2026-11-22"))
+    assert "local-infection" not in _rules(evaluator, _cellulitis("2026-09-15", recordedDate="2026-09-16"))
+
+
 def test_undated_acute_condition_without_status_still_counts(evaluator):
     c = _cellulitis("2026-01-01")
     del c["onsetDateTime"]
@@ -192,3 +198,55 @@ def test_a_past_tpi_recorded_only_as_an_administration_counts(evaluator, reason,
            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}, "bodySite": [{"text": "gluteus medius"}]}
     ev = evaluator.evaluate_resources([PATIENT, _administration(reason, status=status)], draft_orders=[tpi], now=NOW)
     assert ("repeat-interval" in ev.rule_ids) is card
+
+
+LOINC = "http://loinc.org"
+
+
+def _lab(code: str, oid: str = "o1", **value):
+    return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": LOINC, "code": code}]}, "effectiveDateTime": "2026-11-20", **value}
+
+
+def _observation_facts(evaluator, *resources):
+    from cds_tpi.facts import FactBuilder, Inputs
+    book = load_rulebook(RULES)
+    return FactBuilder(book.terminology, book.records, NOW).build(Inputs(record=[PATIENT, *resources]))
+
+
+@pytest.mark.parametrize("value,expected", [
+    ({"valueQuantity": {"value": 45000, "unit": "/mm3"}}, (45.0, "10*9/L", None)),
+    ({"valueQuantity": {"value": 45000, "unit": "cells/uL"}}, (45.0, "10*9/L", None)),
+    ({"valueQuantity": {"value": 45, "unit": "x10E3/uL"}}, (45.0, "10*9/L", None)),
+    ({"valueQuantity": {"value": 45, "unit": "10^9/L"}}, (45.0, "10*9/L", None)),
+    ({"valueQuantity": {"value": 45, "unit": "k/ul"}}, (45.0, "10*9/L", None)),
+    ({"valueString": "<10"}, (10.0, "10*9/L", "<")),
+    ({"valueString": "≥ 150 K/uL"}, (150.0, "10*9/L", ">=")),
+    ({"valueQuantity": {"value": 20, "comparator": "<", "unit": "K/uL"}}, (20.0, "10*9/L", "<")),
+])
+def test_platelet_units_and_bounds_are_normalised(evaluator, value, expected):
+    facts = _observation_facts(evaluator, _lab("777-3", **value))
+    obs = next(f for f in facts if f["t"] == "observation")
+    assert (obs.get("value"), obs.get("unit"), obs.get("comparator")) == expected
+    assert not [f for f in facts if f["t"] == "gap"]
+
+
+@pytest.mark.parametrize("value,why", [
+    ({"valueQuantity": {"value": 45, "unit": "per HPF"}}, "cannot be converted"),
+    ({"valueQuantity": {"value": 45000}}, "no unit"),
+    ({"valueString": "clumped"}, "not a number"),
+    ({}, "no value"),
+])
+def test_unreadable_newest_platelet_count_is_a_gap(evaluator, value, why):
+    facts = _observation_facts(evaluator, _lab("777-3", **value))
+    assert "value" not in next(f for f in facts if f["t"] == "observation")
+    gaps = [f for f in facts if f["t"] == "gap"]
+    assert len(gaps) == 1 and why in gaps[0]["why"] and "Observation/o1" in gaps[0]["what"]
+
+
+@pytest.mark.parametrize("unit,value,kg", [("KG", 40, 40.0), ("Kg", 40, 40.0), ("kilograms", 40, 40.0), ("LBS", 88.2, 40.0068),
+                                          ("pounds", 88.2, 40.0068), ("[lb_av]", 88.2, 40.0068), ("oz", 1411, 40.0012), ("g", 40000, 40.0)])
+def test_weight_units_are_normalised_to_kg(evaluator, unit, value, kg):
+    facts = _observation_facts(evaluator, _lab("8335-2", valueQuantity={"value": value, "unit": unit}))
+    obs = next(f for f in facts if f["t"] == "observation")
+    assert (obs.get("value"), obs.get("unit")) == (kg, "kg")

@@ -10,7 +10,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "site": COMMON | {"region", "order"},
     "condition": COMMON | {"region", "status", "onset_days", "recorded_as"},
     "allergy": COMMON | {"criticality", "verification", "status"},
-    "observation": COMMON | {"value", "unit", "age_days", "latest_in", "code"},
+    "observation": COMMON | {"value", "unit", "comparator", "value_vs", "age_days", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "used_vs", "status"},
     "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",
                   "patient", "orders", "injectates", "sites"},
@@ -23,7 +23,7 @@ FACT_FIELDS: dict[str, set[str]] = {
 }
 
 # Fields holding value set ids (lint checks that the ids named against them exist).
-VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "region"}
+VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "value_vs", "region"}
 
 # Fields holding lists (of value set ids or of strings); every other field is a scalar.
 LIST_FIELDS = VALUESET_FIELDS - {"region"} | {"checked", "orders", "parts", "undosed"}

@@ -56,6 +56,13 @@ _SCHEMA = {
                 "properties": {"unit": {"type": "string"}, "factor": {"type": "number", "exclusiveMinimum": 0}},
             },
         },
+        "observation_values": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object", "additionalProperties": False, "required": ["unit"],
+                "properties": {"unit": {"type": "string"}, "unitless_max": {"type": "number", "exclusiveMinimum": 0}},
+            },
+        },
         "resources": {
             "type": "object",
             "additionalProperties": {
@@ -125,6 +132,7 @@ class RecordPolicy:
     acute_valuesets: tuple[str, ...] = ()
     acute_window_days: int | None = None
     anesthetic_limits: AnestheticLimits | None = None
+    observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?}
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
         return self.resources.get(resource_type, _ANY)
@@ -156,6 +164,7 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         named += [(["anesthetic_limits", k], lim[k]) for k in ("weight_valueset", "vasoconstrictor_valueset")]
         named += [(["anesthetic_limits", "anesthetic_valuesets", i], n) for i, n in enumerate(lim["anesthetic_valuesets"])]
         named += [(["anesthetic_limits", "agents", i, "valueset"], a["valueset"]) for i, a in enumerate(lim["agents"])]
+    named += [(["observation_values", n], n) for n in doc.get("observation_values", {})]
     for where, name in named:
         if terminology is None or terminology.resolve(name) is None:
             errors.append(f"{path}:{line_of(doc, where)}: unknown value set '{name}'")
@@ -201,4 +210,5 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         acute_valuesets=tuple(resolve(n) for n in plain.get("acute_conditions", {}).get("valuesets", ())),
         acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
         anesthetic_limits=limits,
+        observation_values={resolve(n): v for n, v in plain.get("observation_values", {}).items()},
     )
