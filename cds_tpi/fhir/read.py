@@ -76,7 +76,7 @@ ENDED_INJECTATE_STATUS = frozenset({"cancelled", "entered-in-error", "stopped"})
 def _based_on(resource, keys: set[str]) -> bool:
     """A MedicationRequest that has not ended, basedOn one of these ServiceRequest references."""
     if (not isinstance(resource, dict) or resource.get("resourceType") != "MedicationRequest"
-            or resource.get("status") in ENDED_INJECTATE_STATUS):
+            or (isinstance(resource.get("status"), str) and resource["status"] in ENDED_INJECTATE_STATUS)):
         return False
     based = resource.get("basedOn")
     for b in based if isinstance(based, list) else ():
