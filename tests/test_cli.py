@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -217,3 +218,13 @@ def test_progress_bar_for_many_files(tmp_path):
     assert r.exit_code == 0, r.output
     assert "12 input(s) evaluated" in r.output
     assert "evaluating" not in r.output  # CliRunner's stderr is not a terminal: no bar, no stray label
+
+
+def test_records_of_another_patient_fail_that_input_only(tmp_path):
+    """Class 9 of issue 7 in the CLI: the input mixing patients is an error (exit 1), the others are
+    still evaluated."""
+    refused = Path(__file__).parent / "refused_samples" / "ehr-patient-identifier-subject-other-mrn.json"
+    r = run("evaluate", "--now", "2026-11-24", str(refused), str(SAMPLES / "anticoagulant-warfarin.json"))
+    assert r.exit_code == 1
+    assert "records of another patient, refused: MedicationRequest/medrx-warfarin" in r.stderr
+    assert "anticoagulant" in r.stdout

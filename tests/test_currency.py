@@ -117,6 +117,24 @@ def test_records_of_another_patient_are_named():
     assert pid == "p1" and problems == ["Condition/c2 (at entry[1]) belongs to Patient/p2"]
 
 
+MRN = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"  # an Epic-style MRN system
+
+
+@pytest.mark.parametrize("value,problem", [("E1234", False), (" E1234 ", False), ("E9999", True)])
+def test_an_identifier_only_subject_is_compared_with_the_patients_identifiers(value, problem):
+    patient = dict(PATIENT, identifier=[{"system": MRN, "value": "E1234"}])
+    cond = {"resourceType": "Condition", "id": "c2", "subject": {"identifier": {"system": MRN, "value": value}}}
+    _, problems = patient_problems(_located(patient, cond), None)
+    assert problems == ([f"Condition/c2 (at entry[1]) belongs to the patient with identifier {MRN}|{value}, not to Patient/p1"]
+                        if problem else [])
+
+
+def test_an_identifier_in_a_system_the_patient_lacks_is_not_judged():
+    patient = dict(PATIENT, identifier=[{"system": MRN, "value": "E1234"}])
+    cond = {"resourceType": "Condition", "id": "c2", "subject": {"identifier": {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "1"}}}
+    assert patient_problems(_located(patient, cond), None) == ("p1", [])
+
+
 def test_two_patients_in_one_bundle_are_an_error():
     _, problems = patient_problems(_located(PATIENT, dict(PATIENT, id="p2")), None)
     assert problems and "2 patients" in problems[0]

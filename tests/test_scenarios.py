@@ -1,18 +1,24 @@
-"""Every file in fhir_samples/ gives exactly its expected cards (rule id and indicator)."""
+"""Every file in fhir_samples/ gives exactly its expected cards (rule id and indicator). Inputs that
+must be refused (records of another patient) live in tests/refused_samples/, whose sidecars say
+`error: <text>`: evaluating them raises an input error containing that text, and gives no cards
+(they are not in fhir_samples/, so that `cds-tpi evaluate fhir_samples/` stays a clean demo)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import yaml
 
 from cds_tpi.fhir.read import read_bytes
+from cds_tpi.pipeline import InputError
 
 from .cdshooks import assert_cds_response
 from .conftest import RULES, SAMPLES
 
 SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*") if p.suffix in (".json", ".ndjson"))
+REFUSED_FILES = sorted(p for p in (Path(__file__).parent / "refused_samples").glob("*") if p.suffix in (".json", ".ndjson"))
 
 
 def _sidecar(path):
@@ -23,13 +29,20 @@ def test_samples_exist():
     assert len(SAMPLE_FILES) >= 28, "at least one positive and one negative sample per rule"
 
 
-@pytest.mark.parametrize("path", SAMPLE_FILES, ids=[p.name for p in SAMPLE_FILES])
+@pytest.mark.parametrize("path", SAMPLE_FILES + REFUSED_FILES, ids=[p.name for p in SAMPLE_FILES + REFUSED_FILES])
 def test_sample_gives_expected_cards(path, evaluator):
     side = _sidecar(path)
     assert side.exists(), f"{path.name} has no sidecar {side.name}"
     expected = yaml.safe_load(side.read_text())
     now = expected.get("now")
     now = datetime(now.year, now.month, now.day, tzinfo=timezone.utc)
+    assert bool(expected.get("error")) == (path in REFUSED_FILES), f"{side.name}: 'error:' only in tests/refused_samples/"
+    if expected.get("error"):
+        assert expected["cards"] == [], f"{side.name}: an input that is refused has no cards"
+        with pytest.raises(InputError) as refused:
+            evaluator.evaluate_document(read_bytes(path.read_bytes(), path.name), now=now)
+        assert expected["error"] in str(refused.value), f"{path.name}: {expected.get('description', '')}"
+        return
     result = evaluator.evaluate_document(read_bytes(path.read_bytes(), path.name), now=now)
     assert_cds_response(result.response)
     got = sorted((c["source"]["topic"]["code"], c["indicator"]) for c in result.cards)

@@ -2,7 +2,11 @@
 
 The patient is the request's `context.patientId`, else the only Patient of the input. A record's
 patient is its `subject` or `patient` reference (relative, absolute, or a `urn:uuid:` fullUrl of a
-Patient in the same input). A reference that cannot be resolved to a Patient id is not judged.
+Patient in the same input). A reference given only as an `identifier` (no `reference`: some EHRs
+send `subject: {identifier: {system: MRN system, value}}`) is compared with the identifiers of the
+patient's Patient resource in the same system: another value is another patient. A reference that
+cannot be resolved to a Patient id, or an identifier in a system the Patient does not carry, is
+not judged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,29 @@ def _patient_id(reference, by_url: dict) -> str | None:
     return key.split("/", 1)[1] if key.startswith("Patient/") else None
 
 
+def _identifiers(patient) -> dict[str, set[str]]:
+    """system -> values of a Patient resource's identifiers."""
+    out: dict[str, set[str]] = {}
+    for ident in patient.get("identifier") or () if isinstance(patient, dict) else ():
+        if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
+            out.setdefault(ident["system"], set()).add(ident["value"].strip())
+    return out
+
+
+def _other_identifier(reference, own: dict[str, set[str]]) -> str | None:
+    """For a reference given only by identifier: 'system|value' when the patient has identifiers in
+    that system and this value is not one of them (another patient); else None."""
+    if not isinstance(reference, dict) or reference.get("reference") is not None:
+        return None
+    ident = reference.get("identifier")
+    if not isinstance(ident, dict) or not isinstance(ident.get("system"), str) or not isinstance(ident.get("value"), str):
+        return None
+    values = own.get(ident["system"])
+    if values is None or ident["value"].strip() in values:
+        return None
+    return f"{ident['system']}|{ident['value']}"
+
+
 def patient_problems(located: list[Located], patient_id: str | None) -> tuple[str | None, list[str]]:
     """(the patient id, what does not belong to it). Problems: two Patients in one input, a Patient
     other than `patient_id`, records whose subject/patient is another patient."""
@@ -46,6 +73,8 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
                      for p, where in patients.items() if p != patient_id]
     seen: set[str] = set()
     own = f"Patient/{patient_id}" if patient_id else None
+    own_ids = next((_identifiers(loc.resource) for loc in located if isinstance(loc.resource, dict)
+                    and loc.resource.get("resourceType") == "Patient" and loc.resource.get("id") == patient_id), {})
     for loc in located:
         r = loc.resource
         if not isinstance(r, dict) or r.get("resourceType") == "Patient":
@@ -56,6 +85,10 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
                 continue  # the common case, decided without parsing
             pid = _patient_id(value, index)
             if pid is None:
+                other = _other_identifier(value, own_ids)
+                if other:
+                    problems.append(f"{ref_key(r) or r.get('resourceType')} (at {loc.location}) belongs to the patient "
+                                    f"with identifier {other}, not to Patient/{patient_id}")
                 continue
             if patient_id is None:
                 seen.add(pid)
