@@ -401,6 +401,7 @@ class FactBuilder:
                           text_only=text_only, code=f"{codes[0][0]}|{codes[0][1]}" if codes else "", latest_in=latest_in)
             if age is not None:
                 fields["age_days"] = age
+                fields["date"] = observation_date(r).isoformat()  # for a card: which result, of when
             problem = self._observation_value(r, vs, fields)
             if problem and latest_in:
                 # the newest result of a value set the rules compare, and its value cannot be compared

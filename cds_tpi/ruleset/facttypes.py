@@ -10,7 +10,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "site": COMMON | {"region", "order"},
     "condition": COMMON | {"region", "status", "onset_days", "recorded_as"},
     "allergy": COMMON | {"criticality", "verification", "status"},
-    "observation": COMMON | {"value", "unit", "comparator", "value_vs", "age_days", "latest_in", "code"},
+    "observation": COMMON | {"value", "unit", "comparator", "value_vs", "age_days", "date", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "used_vs", "status"},
     "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",
                   "patient", "orders", "injectates", "sites"},

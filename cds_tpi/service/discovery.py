@@ -59,8 +59,9 @@ _KEYS: tuple[_KeySpec, ...] = (
 )
 
 
-def _listed_valuesets(conditions, terminology) -> set[str]:
-    """The value set ids that value-set conditions name (inside `or` too)."""
+def _listed_valuesets(conditions, terminology, fields=None) -> set[str]:
+    """The value set ids that value-set conditions on `fields` (default: every value-set field)
+    name (inside `or` too)."""
     from cds_tpi.ruleset.conditions import Or, _Listed  # noqa: PLC0415
     from cds_tpi.ruleset.facttypes import VALUESET_FIELDS  # noqa: PLC0415
 
@@ -68,8 +69,8 @@ def _listed_valuesets(conditions, terminology) -> set[str]:
     for c in conditions:
         if isinstance(c, Or):
             for alt in c.alternatives:
-                out |= _listed_valuesets(alt, terminology)
-        elif isinstance(c, _Listed) and c.field in VALUESET_FIELDS:
+                out |= _listed_valuesets(alt, terminology, fields)
+        elif isinstance(c, _Listed) and c.field in (VALUESET_FIELDS if fields is None else fields):
             out.update(v for v in c.ids(terminology, strict=False) if v)
     return out
 
@@ -77,13 +78,15 @@ def _listed_valuesets(conditions, terminology) -> set[str]:
 def observation_codes(book: Any) -> tuple[str, ...]:
     """The LOINC codes of every value set an observation pattern of the rules reads, and of the
     weight value set of the dose policy (rules/records.yaml): the observations search fetches
-    exactly what the rules can use, so a code added to a value set is fetched too."""
+    exactly what the rules can use, so a code added to a value set is fetched too. Only the fields
+    that say what an observation is (vs, latest_in) are read: value_vs names answer codes
+    (LA6576-8 'Positive'), which are no observation's code."""
     vids: set[str] = set()
     for rule in book.rules:
         for alt in rule.alternatives:
             for p in alt.patterns:
                 if p.fact == "observation":
-                    vids |= _listed_valuesets(p.conditions, book.terminology)
+                    vids |= _listed_valuesets(p.conditions, book.terminology, {"vs", "latest_in"})
     limits = getattr(book.records, "anesthetic_limits", None)
     if limits is not None:
         vids.add(limits.weight_valueset)
