@@ -377,7 +377,10 @@ def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPo
                       parts=[f"{d.name}: {d.how}" + (f" = {_fmt(d.mg)} mg" if d.mg is not None and d.how != f"{_fmt(d.mg)} mg" else "")
                              for d in items],
                       vasoconstrictor=first.with_vasoconstrictor, weight_window_days=limits.weight_max_age_days)
-        fields["undosed"] = [f"{d.name} ({d.how})" if d.how else d.name for d in items if d.mg is None]
+        # an anesthetic with no limit in the dose policy is named by its own note (limit_mg absent), with
+        # what was ordered (parts): its amount is not "unusable"
+        fields["undosed"] = [f"{d.name} ({d.how})" if d.how else d.name for d in items
+                             if d.mg is None and first.agent is not None]
         fields["undosed_count"] = len(fields["undosed"])
         if first.agent is not None:
             per_kg, cap = (first.agent.with_vasoconstrictor if first.with_vasoconstrictor and first.agent.with_vasoconstrictor

@@ -154,6 +154,16 @@ def test_unknown_dose_is_listed_not_dropped(book):
     assert facts[0]["undosed_count"] == 1 and "1 vial" in facts[0]["undosed"][0] and facts[0]["total_mg"] == 100
 
 
+def test_an_anesthetic_without_a_limit_is_named_with_its_dose_not_as_undosed(book):
+    """An anesthetic the dose policy has no maximum for (agent None) has a dose that was read; it is
+    named by the 'maximum dose ... none in the dose policy' note with what was ordered, not as
+    'no usable dose in mg'."""
+    other = planned.AgentDose(None, "chloroprocaine", "MedicationRequest/c", False, None, "300 mg")
+    facts, _ = planned.dose_facts([other], 70.0, book.records)
+    assert facts[0]["undosed"] == [] and "limit_mg" not in facts[0]
+    assert facts[0]["parts"] == ["chloroprocaine: 300 mg"]
+
+
 def test_regexes_are_linear_on_long_digit_runs(book):
     import time
 
