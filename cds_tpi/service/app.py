@@ -131,6 +131,10 @@ def create_app(config: ServiceConfig, *, evaluator: Evaluator | None = None, sto
         Route("/cds-services/", discovery, methods=["GET"]),  # served, not redirected (CORS preflights fail on a 307)
         Route("/cds-services/{service_id}", call_service, methods=["POST"]),
         Route("/cds-services/{service_id}/feedback", call_feedback, methods=["POST"]),
+        # a trailing slash is served too: a 307 to the slash-less URL would make a client re-POST
+        # (or drop the body and the Authorization header, as some do on redirects)
+        Route("/cds-services/{service_id}/", call_service, methods=["POST"]),
+        Route("/cds-services/{service_id}/feedback/", call_feedback, methods=["POST"]),
     ]
     # CORS outermost, so that every answer carries its headers, CatchAll's 500 included; a browser
     # client may read WWW-Authenticate (why a JWT was refused) and Retry-After (when to retry a 503).

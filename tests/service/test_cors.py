@@ -57,3 +57,22 @@ def test_a_trailing_slash_with_jwt_auth_uses_the_url_called_as_audience(start_se
     url = service.url + "/cds-services/"
     r = service.get("/cds-services/", headers={"Authorization": f"Bearer {signer.token(url)}"})
     assert r.status_code == 200, r.text
+
+
+def test_a_hook_call_and_feedback_with_a_trailing_slash_are_served_not_redirected(start_service, fake_evaluator, signer):
+    """POST /cds-services/{id}/ and .../feedback/ answer as without the slash (a 307 would make the
+    client re-send the body, and some drop it or the Authorization header on a redirect)."""
+    service = start_service(fake_evaluator, issuers=issuer_for(signer))
+    url = service.url + "/cds-services/tpi-order-sign/"
+    r = service.post("/cds-services/tpi-order-sign/", hook_request("order-sign"),
+                     headers={"Authorization": f"Bearer {signer.token(url)}"}, follow_redirects=False)
+    assert r.status_code == 200, r.text
+    assert "cards" in r.json()
+    feedback_url = service.url + "/cds-services/tpi-order-sign/feedback/"
+    r = service.post("/cds-services/tpi-order-sign/feedback/", {"feedback": []},
+                     headers={"Authorization": f"Bearer {signer.token(feedback_url)}"}, follow_redirects=False)
+    plain_url = service.url + "/cds-services/tpi-order-sign/feedback"
+    plain = service.post("/cds-services/tpi-order-sign/feedback", {"feedback": []},
+                         headers={"Authorization": f"Bearer {signer.token(plain_url)}"})
+    assert r.status_code == plain.status_code and r.status_code in (200, 400), (r.status_code, r.text)
+    assert r.json() == plain.json()
