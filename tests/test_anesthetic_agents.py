@@ -1,0 +1,93 @@
+"""Local anesthetics other than lidocaine (ropivacaine, mepivacaine, bupivacaine): each has its own
+maximum (rules/records.yaml anesthetic_limits), a product coded only by its RxNorm code is converted
+from mL to mg with THAT anesthetic's own strength, and all of them add up in the combined load."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cds_tpi import order as planned
+from cds_tpi.ruleset import load_rulebook
+
+from .conftest import RULES
+
+RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+AGENTS = ("ropivacaine", "mepivacaine", "bupivacaine")
+
+
+@pytest.fixture(scope="module")
+def book():
+    return load_rulebook(RULES)
+
+
+def _limit(book, agent):
+    return next(a for a in book.records.anesthetic_limits.agents if a.valueset == agent)
+
+
+def _doses(book, product, ml):
+    return planned.agent_doses(product, planned.Dose(ml=ml, text=f"{ml} mL"), "MedicationRequest/x",
+                               book.terminology, book.records)
+
+
+def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(book):
+    """For every RxNorm product of the ropivacaine / mepivacaine / bupivacaine value sets whose name
+    gives a strength: coded only by its code (no display, no text, no ingredients), 9 mL is 9 x the
+    mg/mL written next to that anesthetic in the name, never the epinephrine's or another number."""
+    term = book.terminology
+    checked = []
+    for agent in AGENTS:
+        for system, code, display in term.defs[agent].displays:
+            if system != RX or not re.search(r"\d MG/ML", display, re.I):
+                continue
+            name = term.display_of(system, code)
+            assert name == display
+            part = next(p for p in name.split(" / ") if agent in term.match([], [p]).all)
+            conc = float(re.search(r"(\d+(?:\.\d+)?) MG/ML", part, re.I).group(1))
+            vs = term.match([(system, code)], []).all          # the code alone
+            assert agent in vs and "local-anesthetics" in vs
+            got = {d.agent.valueset: d.mg for d in _doses(book, planned.Product("", vs, (name,)), 9) if d.agent}
+            assert got == {agent: pytest.approx(9 * conc)}, name
+            checked.append(code)
+    # today only the mepivacaine + epinephrine SCD 1012792 (NEMSIS) has a confirmed code with a strength
+    # (valuesets/README.md: ropivacaine and plain bupivacaine products are matched by name only)
+    assert "1012792" in checked
+
+
+@pytest.mark.parametrize("name,ml,agent,mg", [
+    ("ROPIVACAINE 0.5 % (5 MG/ML) INJECTION SOLUTION", 30, "ropivacaine", 150),
+    ("Naropin 0.2% injection", 40, "ropivacaine", 80),
+    ("ropivacaine hydrochloride 7.5 MG/ML Injection", 10, "ropivacaine", 75),
+    ("MEPIVACAINE (PF) 1 % (10 MG/ML) INJECTION SOLUTION", 20, "mepivacaine", 200),
+    ("Polocaine-MPF 2% injection", 10, "mepivacaine", 200),
+    ("epinephrine 0.01 MG/ML / mepivacaine hydrochloride 20 MG/ML Injectable Solution", 5, "mepivacaine", 100),
+    ("Sensorcaine 0.25% injection", 20, "bupivacaine", 50),
+])
+def test_names_give_each_anesthetics_own_strength(book, name, ml, agent, mg):
+    term = book.terminology
+    vs = term.match([], [name]).all
+    got = {d.agent.valueset: d.mg for d in _doses(book, planned.Product(name, vs, (name,)), ml) if d.agent}
+    assert got == {agent: pytest.approx(mg)}
+
+
+def test_ropivacaine_and_mepivacaine_have_a_maximum_and_no_made_up_epinephrine_limit(book):
+    ropi, mepi = _limit(book, "ropivacaine"), _limit(book, "mepivacaine")
+    assert (ropi.mg_per_kg, ropi.max_mg, ropi.with_vasoconstrictor) == (3, 200, None)
+    assert (mepi.mg_per_kg, mepi.max_mg, mepi.with_vasoconstrictor) == (7, 400, None)
+    # with epinephrine the plain limit applies (the sources give none higher)
+    d = planned.AgentDose(mepi, "mepivacaine with epinephrine", "MedicationRequest/m", True, 450, "450 mg")
+    facts, _ = planned.dose_facts([d], 80.0, book.records)
+    assert facts[0]["limit_mg"] == 400 and facts[0]["fraction"] > 1
+    d = planned.AgentDose(ropi, "ropivacaine", "MedicationRequest/r", False, 150, "150 mg")
+    facts, _ = planned.dose_facts([d], 40.0, book.records)
+    assert facts[0]["limit_mg"] == 120            # 3 mg/kg x 40 kg, under the 200 mg cap
+
+
+def test_every_limited_anesthetic_adds_to_the_combined_load(book):
+    doses = [planned.AgentDose(_limit(book, a), a, f"MedicationRequest/{a}", False, mg, f"{mg} mg")
+             for a, mg in (("lidocaine", 100), ("ropivacaine", 60), ("mepivacaine", 120), ("bupivacaine", 35))]
+    facts, total = planned.dose_facts(doses, 80.0, book.records)
+    assert all(f["fraction"] < 1 for f in facts)
+    assert total["classes"] == 4
+    assert total["fraction"] == pytest.approx(100 / 300 + 60 / 200 + 120 / 400 + 35 / 175, rel=1e-3)
