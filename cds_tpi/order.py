@@ -28,7 +28,6 @@ _PERCENT = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,4})?)\s{0,3}%")
 _COMPONENTS = re.compile(r"\s/\s|\+|;|\bwith\b|\bw/|\band\b|,(?!\d)", re.IGNORECASE)
 PERCENT_MG_PER_ML = 10.0  # 1 % w/v = 1 g / 100 mL = 10 mg/mL
 
-CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
 _DOSE_OPTION = re.compile(r"^\s*(\d{1,6}(?:\.\d{1,6})?)\s{0,3}([A-Za-z\[\]]{1,10})\s*$")
 

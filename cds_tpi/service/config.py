@@ -161,9 +161,16 @@ class ServiceConfig:
         return from_mapping(orjson.loads(data))
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback IP addresses."""
-    if host == "localhost":
+_LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for `localhost` and loopback IP literals (127.0.0.0/8, ::1, also as `[::1]`): the one
+    test of "this host is this machine", for where the service listens and where it connects."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

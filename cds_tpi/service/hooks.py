@@ -15,9 +15,8 @@ from cds_tpi.order import appointment_as_orders
 from cds_tpi.service.outcomes import HttpError
 # The request's shape (fields, kinds, patterns, each hook's context) is one JSON Schema,
 # cds_tpi/schemas/cds-hooks-request.schema.json: it is both this validation and the OpenAPI
-# document's request body. The patterns are re-exported for the other schemas of openapi.py.
-from cds_tpi.service.request_schema import (ACCESS_TOKEN_PATTERN, FHIR_ID_PATTERN, FHIR_SERVER_PATTERN,  # noqa: F401
-                                            NONBLANK_PATTERN, UUID_PATTERN, first_problem)
+# document's request body (request_schema.py).
+from cds_tpi.service.request_schema import first_problem
 
 
 class TpiClassifier(Protocol):
@@ -100,10 +99,6 @@ def should_evaluate(call: HookCall, classifier: TpiClassifier) -> bool:
 def bundle_resources(bundle: dict) -> list[dict]:
     """The resources of a Bundle's entries (entries without a resource object are skipped)."""
     return [e["resource"] for e in bundle.get("entry") or () if isinstance(e.get("resource"), dict)]
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _reference(resource: dict) -> str:

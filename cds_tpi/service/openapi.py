@@ -10,7 +10,7 @@ from functools import lru_cache
 from cds_tpi import __version__
 from cds_tpi.service.discovery import SERVICES
 from cds_tpi.service.feedback import MAX_ITEMS, OUTCOMES
-from cds_tpi.service.hooks import NONBLANK_PATTERN
+from cds_tpi.service.request_schema import NONBLANK_PATTERN
 from cds_tpi.service.request_schema import request_schema
 
 _NONBLANK = {"type": "string", "pattern": NONBLANK_PATTERN}

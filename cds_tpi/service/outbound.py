@@ -34,26 +34,13 @@ import anyio
 import httpcore
 import httpx
 
-log = logging.getLogger(__name__)
+from cds_tpi.service.config import is_loopback
 
-_LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+log = logging.getLogger(__name__)
 
 
 class AddressRefused(httpcore.ConnectError):
     """The connection target resolved to an address the service never connects to."""
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for `localhost` and loopback IP literals (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def address_refusal(address: str, host: str) -> str | None:
@@ -65,7 +52,7 @@ def address_refusal(address: str, host: str) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
-        return None if is_loopback_host(host) else "a loopback address for a non-loopback name"
+        return None if is_loopback(host) else "a loopback address for a non-loopback name"
     if ip.is_unspecified:
         return "an unspecified address"
     if ip.is_multicast:
@@ -98,7 +85,7 @@ class _Base:
 def check_base_url(url: str, allow_http: bool) -> None:
     """Validate one configured FHIR base URL (ValueError with the reason)."""
     base = _Base(url)
-    if base.scheme == "http" and not allow_http and not is_loopback_host(base.host):
+    if base.scheme == "http" and not allow_http and not is_loopback(base.host):
         raise ValueError(f"{url!r}: http is allowed only for loopback hosts (or set fhir_allow_http)")
 
 
@@ -112,12 +99,12 @@ def allowed_fhir_base(url: str, bases: Iterable[str], *, open_loopback: bool, al
         return "not a valid URL"
     if scheme not in ("http", "https") or not host:
         return "not an http(s) URL"
-    if scheme == "http" and not allow_http and not is_loopback_host(host):
+    if scheme == "http" and not allow_http and not is_loopback(host):
         return "http is not allowed for a non-loopback FHIR server (https only)"
     path = parts.path.rstrip("/")
     if (why := path_refusal(parts.path)) is not None:
         return why
-    if open_loopback and is_loopback_host(host):
+    if open_loopback and is_loopback(host):
         return None
     for base in bases:
         if _Base(base).admits(scheme, host, port, path):

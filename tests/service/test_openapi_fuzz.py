@@ -27,7 +27,7 @@ from schemathesis import GenerationMode
 
 from cds_tpi.service.app import create_app
 from cds_tpi.service.config import ServiceConfig
-from cds_tpi.service.hooks import FHIR_SERVER_PATTERN
+from cds_tpi.service.request_schema import FHIR_SERVER_PATTERN
 from cds_tpi.service.openapi import openapi_document
 from cds_tpi.service.storage import Storage
 from conftest import ThreadServer, free_port, issuer_for

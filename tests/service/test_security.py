@@ -946,3 +946,16 @@ def test_https_fhir_servers_are_verified_against_the_configured_ca(start_service
     finally:
         server.server.force_exit = True
         server.stop()
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("localhost", True), ("LOCALHOST", True), ("localhost.", True), ("ip6-localhost", True), ("127.0.0.1", True),
+    ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("10.0.0.1", False),
+    ("localhost.example.org", False), ("example.org", False), ("", False), (None, False)])
+def test_one_loopback_test_for_listening_and_connecting(host, loopback):
+    """config.is_loopback is the only home of "this host is this machine" (serve's open-mode check,
+    the FHIR fallback's http:// and address checks)."""
+    from cds_tpi.service import config, outbound
+
+    assert config.is_loopback(host) is loopback
+    assert outbound.is_loopback is config.is_loopback
