@@ -242,3 +242,107 @@ ICD_CODES = [
 def test_infection_icd_code_without_display(term, code, regions):
     got_regions, got_thoracic = _where(term.match([(ICD, code)], []))
     assert got_regions == regions and not got_thoracic, code
+
+
+# Border pairs (local-infection warning "may be near"): an infection named in infection-buttock / infection-axilla
+# with a site in sites-near-buttock / sites-near-axilla. EXACT: a site listed here as far must stay without a card.
+NEAR_BUTTOCK, NEAR_AXILLA = "sites-near-buttock", "sites-near-axilla"
+INF_BUTTOCK, INF_AXILLA = "infection-buttock", "infection-axilla"
+NEAR = {NEAR_BUTTOCK, NEAR_AXILLA}
+
+NEAR_TEXTS = [
+    ("Left quadratus lumborum muscle", {NEAR_BUTTOCK}),  # arises from the iliac crest
+    ("R QL", {NEAR_BUTTOCK}),
+    ("lumbar paraspinal", {NEAR_BUTTOCK}),
+    ("Left lumbar paraspinals", {NEAR_BUTTOCK}),
+    ("bilateral paraspinals L4-L5", {NEAR_BUTTOCK}),
+    ("L-spine paraspinals", {NEAR_BUTTOCK}),
+    ("iliocostalis lumborum", {NEAR_BUTTOCK}),
+    ("lower back", {NEAR_BUTTOCK}),
+    ("Right teres major", {NEAR_AXILLA}),  # posterior axillary fold
+    ("teres minor", {NEAR_AXILLA}),  # upper border of the quadrangular space
+    ("Left subscapularis", {NEAR_AXILLA}),  # posterior wall of the axilla
+    # far from both borders, or already the same region as the infection (critical, not "near")
+    ("Left trapezius", set()),
+    ("upper back", set()),
+    ("mid back", set()),
+    ("thoracolumbar", set()),
+    ("Right latissimus dorsi", set()),  # region-chest like the axilla codes: same region
+    ("R pec major", set()),
+    ("serratus anterior", set()),
+    ("Right infraspinatus", set()),
+    ("rotator cuff", set()),
+    ("Left deltoid", set()),
+    ("pronator teres", set()),  # forearm: bare "teres" is not a pattern
+    ("lumbosacral", set()),  # region-buttock-hip itself
+    ("R SI joint", set()),
+    ("Right gluteus medius muscle", set()),
+    ("paraspinals", set()),  # no level
+    ("C5-C6 paraspinal", set()),
+    ("thoracic paraspinals T6-T8", set()),
+]
+
+
+@pytest.mark.parametrize("text,near", NEAR_TEXTS, ids=[t[0] for t in NEAR_TEXTS])
+def test_site_text_near_a_border(term, text, near):
+    assert set(term.match([], [text]).all) & NEAR == near, text
+
+
+NEAR_CODES = [
+    ("52612000", {NEAR_BUTTOCK}), ("122496007", {NEAR_BUTTOCK}), ("48144002", {NEAR_BUTTOCK}),
+    ("37822005", {NEAR_BUTTOCK}), ("113182001", {NEAR_BUTTOCK}), ("736312007", {NEAR_BUTTOCK}),
+    ("1017210004", {NEAR_BUTTOCK}), ("1017211000", {NEAR_BUTTOCK}),
+    ("1193009", {NEAR_AXILLA}), ("51159009", {NEAR_AXILLA}), ("90588001", {NEAR_AXILLA}),
+    ("77568009", set()), ("1217256009", set()), ("44947003", set()), ("15665001", set()),  # back, thoracolumbar, erector spinae, latissimus
+    ("1217253001", set()), ("31764008", set()), ("72573008", set()), ("7885001", set()), ("60005003", set()),
+]
+
+
+@pytest.mark.parametrize("code,near", NEAR_CODES, ids=[c[0] for c in NEAR_CODES])
+def test_site_code_near_a_border(term, code, near):
+    assert set(term.match([(SCT, code)], []).all) & NEAR == near, code
+
+
+def test_near_sets_are_not_the_infections_own_region(term):
+    """A near site is never in the region of its infection set's codes: that pair is critical (same region), and a
+    second, weaker 'may be near' note on the same card would only confuse."""
+    for near, region in ((NEAR_BUTTOCK, BH), (NEAR_AXILLA, CH)):
+        for system, code in term.codes_of(near):
+            assert region not in term.match([(system, code)], []).all, (near, code)
+        for pattern in term.defs[near].texts:
+            assert region not in term.match([], [pattern]).all, (near, pattern)
+
+
+INF_CODES = [
+    ("L03.317", {INF_BUTTOCK}, {BH}), ("L02.31", {INF_BUTTOCK}, {BH}), ("L02.32", {INF_BUTTOCK}, {BH}),
+    ("L02.33", {INF_BUTTOCK}, {BH}),
+    ("L03.111", {INF_AXILLA}, {CH}), ("L03.112", {INF_AXILLA}, {CH}), ("L02.411", {INF_AXILLA}, {CH}),
+    ("L02.412", {INF_AXILLA}, {CH}), ("L02.421", {INF_AXILLA}, {CH}), ("L02.422", {INF_AXILLA}, {CH}),
+    ("L02.431", {INF_AXILLA}, {CH}), ("L02.432", {INF_AXILLA}, {CH}),
+    ("L03.313", set(), {CH}), ("L02.213", set(), {CH}),  # chest wall: not the axilla
+    ("L03.119", set(), set()), ("L02.419", set(), set()),  # unspecified part of limb (whole-limb sets)
+    ("L03.312", set(), {UB, LB}), ("L02.416", set(), {LL}),
+]
+
+
+@pytest.mark.parametrize("code,sets,regions", INF_CODES, ids=[c[0] for c in INF_CODES])
+def test_infection_code_of_a_border_area(term, code, sets, regions):
+    got = set(term.match([(ICD, code)], []).all)
+    assert got & {INF_BUTTOCK, INF_AXILLA} == sets and got & REGIONS == regions, code
+    assert "skin-soft-tissue-infections" in got, code
+
+
+@pytest.mark.parametrize("text,sets", [
+    ("Abscess of right buttock", {INF_BUTTOCK}), ("Gluteal cellulitis", {INF_BUTTOCK}),
+    ("Left axillary abscess", {INF_AXILLA}), ("Cellulitis of armpit", {INF_AXILLA}),
+    ("Cellulitis of back [any part except buttock]", set()),  # the bracketed aside is dropped
+    ("Cellulitis of chest wall", set()), ("Cellulitis of left forearm", set()),
+])
+def test_infection_text_of_a_border_area(term, text, sets):
+    assert set(term.match([], [text]).all) & {INF_BUTTOCK, INF_AXILLA} == sets, text
+
+
+@pytest.mark.parametrize("text", ["Cellulitis of armpit", "Left underarm abscess", "Axillary abscess, right"])
+def test_axilla_words_are_chest_region(term, text):
+    """Lay words for the axilla place the infection in region-chest (with the axilla codes), not 'unknown'."""
+    assert _where(term.match([], [text]))[0] == {CH}, text
