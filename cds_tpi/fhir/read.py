@@ -13,6 +13,7 @@ import orjson
 
 from ..errors import InputError
 from .refs import normalize
+from .prefetch_keys import CATEGORIES, category_of_key
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
@@ -219,20 +220,11 @@ def _read_hook_request(obj: dict, name: str) -> Document:
     return doc
 
 
-# Record lists by the resource types that make them up (the `checked` field of the inventory fact).
-CATEGORIES = {
-    "MedicationRequest": "medications", "MedicationStatement": "medications", "AllergyIntolerance": "allergies",
-    "Condition": "conditions", "Procedure": "procedures", "Observation": "observations", "Patient": "patient",
-}
-_KEY_HINTS = (("medication", "medications"), ("allerg", "allergies"), ("condition", "conditions"),
-              ("problem", "conditions"), ("procedure", "procedures"), ("observation", "observations"),
-              ("patient", "patient"))
-
-
 def _categories_of_key(key: str) -> set[str]:
-    """Which record list a prefetch key holds, from its name (e.g. medicationRequests -> medications)."""
-    k = key.lower()
-    return {cat for hint, cat in _KEY_HINTS if hint in k}
+    """Which record list a prefetch key this service declares holds (medicationRequests -> medications);
+    none for another key (its content, an entry or the searchset's self link, may still say)."""
+    category = category_of_key(key)
+    return {category} if category else set()
 
 
 def _list(value) -> list:

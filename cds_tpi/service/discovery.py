@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from cds_tpi.fhir.read import CATEGORIES
+from cds_tpi.fhir.prefetch_keys import CATEGORIES, KEYS as _KEYS
 
 if TYPE_CHECKING:
     from cds_tpi.ruleset.records import RecordPolicy
@@ -28,35 +28,6 @@ class PrefetchKey:
     label: str
     resource_type: str = ""
     records: str = ""
-
-
-@dataclass(frozen=True)
-class _KeySpec:
-    key: str
-    resource_type: str
-    search: str | None  # None = a read of Patient/{{context.patientId}}
-    required: bool
-    label: str
-    sort: str = ""  # appended after the status filter
-
-
-# 2.0 tokens only ({{context.patientId}}); no date token exists, so the procedure search is
-# unfiltered by date and the engine keeps the last 12 months itself. The status filters are not
-# written here: they come from rules/records.yaml (see `status_filter`).
-_KEYS: tuple[_KeySpec, ...] = (
-    _KeySpec("patient", "Patient", None, True, "patient demographics"),
-    _KeySpec("medicationRequests", "MedicationRequest", "patient={{context.patientId}}", True,
-             "current medication orders"),
-    _KeySpec("medicationStatements", "MedicationStatement", "patient={{context.patientId}}", False,
-             "current medication statements (home medications)"),
-    _KeySpec("conditions", "Condition", "patient={{context.patientId}}", True, "conditions"),
-    _KeySpec("allergies", "AllergyIntolerance", "patient={{context.patientId}}", True, "allergies"),
-    _KeySpec("procedures", "Procedure", "patient={{context.patientId}}", False,
-             "procedures of the last 12 months", "&_sort=-date"),
-    # `&code=` and the codes are added from the rules' observation value sets (observation_codes)
-    _KeySpec("observations", "Observation", "patient={{context.patientId}}", False,
-             "recent weight, platelets, INR and HbA1c", "&_sort=-date"),
-)
 
 
 def _listed_valuesets(conditions, terminology, fields=None) -> set[str]:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from cds_tpi.fhir.read import CATEGORIES
+from cds_tpi.fhir.prefetch_keys import CATEGORIES
 from cds_tpi.ruleset import load_rulebook
 from cds_tpi.ruleset.records import ResourcePolicy
 from cds_tpi.service.discovery import checked_records, prefetch_keys
