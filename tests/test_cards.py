@@ -1,0 +1,108 @@
+"""The cards stage (cds_tpi/cards.py) on hand-built findings: what a CDS Hooks 2.0 card carries, which
+suggestions survive (only draft orders can be removed or annotated), empty values left out, order."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from cds_tpi import cards
+from cds_tpi.findings import Finding
+from cds_tpi.ruleset import load_rulebook
+
+from .conftest import RULES
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return {r.id: r for r in load_rulebook(RULES).rules}
+
+
+def _finding(rule, bindings, notes=("a note",), indicator=None):
+    return Finding(rule, indicator or rule.indicator, bindings, tuple(notes), (0,))
+
+
+def _fact(**fields):
+    return {"fid": 1, "vs": [], "text_only": [], **fields}
+
+
+WARFARIN = _fact(ref="MedicationStatement/w1", name="warfarin 5 mg tablet")
+DRAFT = {"resourceType": "ServiceRequest", "id": "tpi1", "status": "draft", "intent": "order",
+         "subject": {"reference": "Patient/p1"}, "note": [], "code": {"text": "Trigger point injection", "coding": []}}
+
+
+def test_a_card_carries_summary_detail_source_topic_links_and_override_reasons(rules):
+    card = cards.card_for(_finding(rules["anticoagulant"], {"drug": [WARFARIN]}), {})
+    uuid.UUID(card["uuid"])
+    assert card["indicator"] == "warning"
+    assert "warfarin 5 mg tablet" in card["summary"] and len(card["summary"]) <= cards.SUMMARY_MAX
+    assert "MedicationStatement/w1" in card["detail"] and "Sources: [" in card["detail"]
+    assert card["source"]["topic"] == {"system": cards.TOPIC_SYSTEM, "code": "anticoagulant",
+                                       "display": rules["anticoagulant"].title}
+    assert card["source"]["url"] == rules["anticoagulant"].sources[0]["url"]
+    assert [link["url"] for link in card["links"]] == [s["url"] for s in rules["anticoagulant"].sources]
+    assert {r["system"] for r in card["overrideReasons"]} == {cards.OVERRIDE_SYSTEM}
+    assert "suggestions" not in card and "selectionBehavior" not in card  # the rule offers none
+
+
+def test_a_long_summary_is_cut_to_the_cds_hooks_limit(rules):
+    long_name = _fact(ref="MedicationStatement/w2", name="warfarin " + "x" * 300)
+    card = cards.card_for(_finding(rules["anticoagulant"], {"drug": [long_name]}), {})
+    assert len(card["summary"]) == cards.SUMMARY_MAX and card["summary"].endswith("…")
+
+
+def test_an_update_suggestion_annotates_the_draft_without_its_empty_values(rules):
+    order = _fact(ref="ServiceRequest/tpi1", name="trigger point injection")
+    allergy = _fact(ref="AllergyIntolerance/a1", name="latex allergy")
+    card = cards.card_for(_finding(rules["latex-allergy"], {"allergy": [allergy], "order": [order]}),
+                          {"ServiceRequest/tpi1": DRAFT})
+    (suggestion,) = card["suggestions"]
+    assert suggestion["isRecommended"] is True and card["selectionBehavior"] == "at-most-one"
+    (action,) = suggestion["actions"]
+    assert action["type"] == "update" and action["resource"]["id"] == "tpi1"
+    assert action["resource"]["note"] == [{"text": "LATEX ALLERGY: use latex-free gloves and supplies."}]
+    assert action["resource"]["code"] == {"text": "Trigger point injection"}  # "coding": [] left out
+    assert DRAFT["note"] == []  # the request's draft itself is not changed
+
+
+def test_a_suggestion_on_an_order_that_is_not_a_draft_of_the_request_is_dropped(rules):
+    order = _fact(ref="ServiceRequest/not-in-request", name="trigger point injection")
+    allergy = _fact(ref="AllergyIntolerance/a1", name="latex allergy")
+    card = cards.card_for(_finding(rules["latex-allergy"], {"allergy": [allergy], "order": [order]}),
+                          {"ServiceRequest/tpi1": DRAFT})
+    assert "suggestions" not in card and "selectionBehavior" not in card
+
+
+def test_a_suggestion_whose_required_pattern_is_unbound_is_left_out(rules):
+    unplaced = _fact(ref="ServiceRequest/tpi1", name="left mid back", order="ServiceRequest/tpi1")
+    card = cards.card_for(_finding(rules["thoracic-site"], {"unplaced": [unplaced]}), {"ServiceRequest/tpi1": DRAFT})
+    assert card["summary"].startswith("Cannot tell whether injection site left mid back")
+    assert "suggestions" not in card
+
+
+def test_a_create_suggestion_leaves_out_what_is_unknown(rules):
+    site = _fact(ref="ServiceRequest/tpi1", name="trapezius", order="ServiceRequest/tpi1")
+    card = cards.card_for(_finding(rules["thoracic-site"], {"site": [site]}), {"ServiceRequest/tpi1": DRAFT})
+    resource = card["suggestions"][0]["actions"][0]["resource"]
+    assert resource["basedOn"] == [{"reference": "ServiceRequest/tpi1"}]
+    assert "subject" not in resource  # no patient given: no empty reference is sent
+    with_patient = cards.card_for(_finding(rules["thoracic-site"], {"site": [site]}), {"ServiceRequest/tpi1": DRAFT},
+                                  patient={"ref": "Patient/p1", "name": "Pat"})
+    assert with_patient["suggestions"][0]["actions"][0]["resource"]["subject"] == {"reference": "Patient/p1"}
+
+
+def test_cards_are_sorted_most_severe_first_and_stable_within_a_severity(rules):
+    info = _finding(rules["thoracic-site"], {"site": [_fact(ref="x", name="trapezius", order="x")]})
+    warn1 = _finding(rules["anticoagulant"], {"drug": [WARFARIN]})
+    warn2 = _finding(rules["anticoagulant"], {"drug": [_fact(ref="MedicationStatement/a", name="apixaban")]})
+    crit = _finding(rules["anticoagulant"], {"drug": [WARFARIN]}, indicator="critical")
+    out = cards.cards_for([info, warn1, crit, warn2], {})
+    assert [c["indicator"] for c in out] == ["critical", "warning", "warning", "info"]
+    assert "warfarin" in out[1]["summary"] and "apixaban" in out[2]["summary"]
+    assert len({c["uuid"] for c in out}) == 4
+
+
+def test_empty_values_are_left_out_but_nulls_inside_arrays_kept():
+    assert cards._without_empty({"a": "", "b": [], "c": {}, "d": None, "e": {"f": ""}, "g": [None, 1, ""], "h": 0}) == \
+        {"g": [None, 1], "h": 0}
