@@ -48,6 +48,29 @@ def test_sample_gives_expected_cards(path, evaluator):
     got = sorted((c["source"]["topic"]["code"], c["indicator"]) for c in result.cards)
     want = sorted((c["rule"], c["indicator"]) for c in expected["cards"])
     assert got == want, f"{path.name}: {expected.get('description', '')}"
+    for c in expected["cards"]:
+        _assert_mentions(path, c, [card for card in result.cards
+                                   if (card["source"]["topic"]["code"], card["indicator"]) == (c["rule"], c["indicator"])])
+
+
+def _assert_mentions(path, want: dict, cards: list[dict]) -> None:
+    """A sidecar card may say what the card must tell the clinician: `summary_has` (text in its
+    summary), `mentions` (text in its summary or detail: the drug, the dose in mg, the record and its
+    date, what was not checked) and `not_mentions` (text it must not carry). Matched ignoring case and
+    markdown emphasis, against the card(s) of that rule and indicator."""
+    def flat(text: str) -> str:
+        return " ".join(text.replace("**", "").replace("_", " ").split()).lower()
+
+    for key in ("summary_has", "mentions", "not_mentions"):
+        for text in want.get(key) or ():
+            needle = flat(str(text))
+            hits = [c for c in cards if needle in flat(c["summary"] if key == "summary_has" else
+                                                      c["summary"] + " " + c.get("detail", ""))]
+            if key == "not_mentions":
+                assert not hits, f"{path.name}: the {want['rule']} card must not say {text!r}: {hits[0]['summary']}"
+            else:
+                assert hits, (f"{path.name}: the {want['rule']} card does not say {text!r}:\n"
+                              + "\n".join(c["summary"] + "\n" + c.get("detail", "") for c in cards))
 
 
 def test_every_rule_has_a_positive_and_a_negative_sample():
