@@ -142,6 +142,7 @@ class Terminology:
                     self._alias.setdefault(alias, d.id)
         self.errors: list[str] = []
         self._memo: dict[tuple, Membership] = {}
+        self._affirmed_memo: dict[tuple, list[str]] = {}
         self.expanded: dict[str, tuple[set[tuple[str, str]], list[str]]] = {}
         for vid in defs:
             self.expanded[vid] = self._expand(vid, ())
@@ -241,7 +242,17 @@ class Terminology:
         given" being a cue), "Pregnancy ruled out, no complications"; unless it is itself negated ("not
         resolved"). A cue that governs another word does not deny the concept before it: "Cellulitis of
         lower back, not improving", "Pregnancy at 24 weeks, no complications".
-        Linear: each word is tried against each cue and each pattern length (both bounded)."""
+        Linear: each word is tried against each cue and each pattern length (both bounded).
+        Memoised per (text, cues): a record's text is read again on every call for that patient."""
+        key = (text, cues)
+        hit = self._affirmed_memo.get(key)
+        if hit is None:
+            if len(self._affirmed_memo) > 50_000:  # bounded: distinct texts seen by this process
+                self._affirmed_memo.clear()
+            hit = self._affirmed_memo[key] = self._affirmed(text, cues)
+        return list(hit)
+
+    def _affirmed(self, text: str, cues: tuple[tuple[str, ...], ...]) -> list[str]:
         tok = _tokens(text)
         words, n = tok.words, len(tok.words)
         if not n or not cues:

@@ -271,9 +271,15 @@ def test_python_evaluation_agrees_on_generated_records(evaluator, doc):
 # refuses a comparison with a ref (conditions.Comparison.joins_safely), the bundled rules join only
 # by equality (local-infection), and the synthetic rules above do too. Run in a subprocess under a
 # crashing hash seed; when this stops crashing (engine fixed or replaced) the test fails and the
-# restriction can be lifted.
+# restriction can be lifted. The crash needs durable's own stdlib-json serialisation: with the
+# orjson serialisation cds_tpi.engine gives durable (compact JSON) the same rules did not crash
+# under 12 of 12 hash seeds, against 11 of 12 with stdlib json; the cause inside the C engine is not
+# known, so the restriction stays and this test runs durable as shipped.
 ENGINE_CRASH = textwrap.dedent("""
+    import json
     from cds_tpi.engine import Engine
+    import durable.engine
+    durable.engine.json = json  # durable as shipped (cds_tpi.engine hands it orjson)
     defs = {
         "syn-exists-none#0!2": {"all": [{"o": {"t": "order"}},
                                         {"i": {"$and": [{"t": "injectate"}, {"$iany": {"vs": {"$i": "corticosteroids"}}}]}}]},
