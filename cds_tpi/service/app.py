@@ -199,6 +199,13 @@ async def discovery(request: Request) -> Response:
     return JSONResponse(discovery_document(_state(request).prefetch_keys))
 
 
+def _parse_and_gate(service, body: bytes, evaluator) -> tuple[Any, bool]:
+    """The call and whether it is to be evaluated, in one thread hop. The gate (is a draft a TPI?)
+    reads only the value sets, never durable-rules, so it need not wait for the evaluation thread."""
+    call = parse_call(service, body)
+    return call, should_evaluate(call, evaluator)
+
+
 async def call_service(request: Request) -> Response:
     """POST /cds-services/{id}: validate, gate, complete the prefetch, evaluate, answer cards."""
     st = _state(request)
@@ -213,12 +220,11 @@ async def call_service(request: Request) -> Response:
         # one deadline (evaluation_timeout) for the call's CPU work: parse + validate, gate, evaluate;
         # the FHIR fetches in between have their own budget and are not counted here
         budget = _Budget(st.config.evaluation_timeout)
-        with budget:  # orjson + jsonschema on up to max_body_bytes: off the event loop
-            call = await st.runner.parse_within(budget.left, parse_call, service, body_bytes)
+        with budget:  # orjson + jsonschema on up to max_body_bytes, and the gate: off the event loop
+            call, applicable = await st.runner.parse_within(budget.left, _parse_and_gate, service, body_bytes,
+                                                            st.evaluator)
         del body_bytes
         hook_instance = call.hook_instance
-        with budget:
-            applicable = await st.runner.run_within(budget.left, should_evaluate, call, st.evaluator)
         if not applicable:
             status, outcome, body = 200, "not-applicable", {"cards": []}
         else:

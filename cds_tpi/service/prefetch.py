@@ -93,6 +93,8 @@ async def complete_prefetch(call: HookCall, client: FhirClient, config: ServiceC
     the bundled rules); raises HttpError(412) when required data cannot be had."""
     keys = PREFETCH if keys is None else keys
     given = call.request.get("prefetch") or {}
+    if all(_complete_as_given(given, k.key) for k in keys):  # the usual call: nothing to fetch
+        return Prefetched(dict(given), (), ())
     deadline = asyncio.get_running_loop().time() + config.fhir_total_timeout
     fetcher = _Fetcher(call, client, config, deadline, issuer)
     results = await asyncio.gather(*(fetcher.resolve(key, given) for key in keys))
@@ -114,6 +116,16 @@ async def complete_prefetch(call: HookCall, client: FhirClient, config: ServiceC
     if failed:
         raise HttpError(412, "; ".join(failed), issues=failed)
     return Prefetched(prefetch, tuple(gaps), tuple(fetched))
+
+
+def _complete_as_given(given: dict, key: str) -> bool:
+    """The key was sent and needs no fetch: null (looked up, none), or a value that is neither an
+    OperationOutcome nor a searchset with a next page (what `_Fetcher._resolve` takes as given)."""
+    if key not in given:
+        return False
+    value = given[key]
+    return value is None or (isinstance(value, dict) and value.get("resourceType") != "OperationOutcome"
+                             and _next_link(value) is None)
 
 
 class _Fetcher:
