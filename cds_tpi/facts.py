@@ -360,9 +360,18 @@ class FactBuilder:
         for cc in sites if isinstance(sites, list) else ():
             c, t = _codeable(cc)
             site_codes, site_texts = site_codes + c, site_texts + t
+        # a bodySite's words as recorded (a code alone is named by the region it places)
+        recorded_sites = [(_codeable(cc)[1] or [""])[0] for cc in sites if isinstance(cc, dict)] if isinstance(sites, list) else []
+        if any(recorded_sites):
+            base["site"] = ", ".join(dict.fromkeys(x for x in recorded_sites if x))  # as recorded, for a card
         regions = self._regions(site_codes, site_texts) or ["unknown"]
         for region in regions:
-            self._emit("condition", region=region, **base)
+            self._emit("condition", region=region, region_name=self._region_name(region), **base)
+
+    def _region_name(self, region: str) -> str:
+        """A body region as a card names it: its value set's title without "Region: " ("lower back")."""
+        d = self.term.defs.get(region)
+        return d.title.removeprefix("Region: ") if d is not None else region
 
     def _allergy(self, r: dict) -> None:
         codes, texts = _codeable(r.get("code"))
@@ -496,8 +505,12 @@ class FactBuilder:
         used_vs, _ = self._member(used_codes, used_texts)
         fields = dict(ref=key or "", name=_display(r.get("code"), "procedure"), vs=vs, text_only=text_only,
                       used_vs=used_vs, status=r.get("status", ""))
+        sites = [_display(cc) for cc in r.get("bodySite") or () if isinstance(cc, dict)]
+        if any(sites):
+            fields["site"] = ", ".join(dict.fromkeys(x for x in sites if x))  # for a card: where it was given
         if when:
             fields["age_days"] = self._age_days(when)
+            fields["date"] = when.isoformat()
         self._emit("procedure", **fields)
 
     def _administered_tpi(self, a: dict) -> bool:
@@ -528,10 +541,17 @@ class FactBuilder:
         # R4 effective[x]; R5 occurence[x] (spelt so in R5)
         when = parse_date(a.get("effectiveDateTime") or _get(a.get("effectivePeriod"), "start")
                           or a.get("occurenceDateTime") or _get(a.get("occurencePeriod"), "start"))
-        fields = dict(ref=ref_key(a) or "", name=f"{name} (administered as a trigger point injection)", vs=vs,
+        reasons = [_display(cc) for cc in list(a.get("reasonCode") or []) + list(a.get("reason") or [])
+                   if isinstance(cc, dict)]  # R4 reasonCode, R5 reason (CodeableReference)
+        why = next((x for x in reasons if x), "")  # e.g. "TRIGGER POINT INJECTION - RIGHT TRAPEZIUS": where it was
+        fields = dict(ref=ref_key(a) or "", name=f"{name} (administered as a trigger point injection"
+                                                 + (f": {why})" if why else ")"), vs=vs,
                       text_only=text_only, used_vs=used_vs, status=a.get("status", ""))
+        if isinstance(dosage.get("site"), dict) and _display(dosage["site"]):
+            fields["site"] = _display(dosage["site"])
         if when:
             fields["age_days"] = self._age_days(when)
+            fields["date"] = when.isoformat()
         self._emit("procedure", **fields)
         return True
 

@@ -65,8 +65,20 @@ def days(value) -> str:
 
 
 def headline(text) -> str:
-    """The part of a note before its first ': ' ("allergies (none recorded)"), for a card summary."""
-    return str(text).split(": ", 1)[0].strip()
+    """The part of a note before its first ': ' outside parentheses ("allergies (none recorded)",
+    "dose of lidocaine (no usable dose in mg)" of "dose of lidocaine (no usable dose in mg: 1 vial):
+    ..."), for a card summary; a parenthesis cut short is closed."""
+    text = str(text)
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        elif ch == ":" and text[i + 1:i + 2] == " " and depth == 0:
+            return text[:i].strip()
+    head = text.split(": ", 1)[0].strip()
+    return head + ")" * max(0, head.count("(") - head.count(")"))
 
 
 VALUE_MAX = 300  # characters of one printed value (a list of names included)

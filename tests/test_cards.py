@@ -106,3 +106,12 @@ def test_cards_are_sorted_most_severe_first_and_stable_within_a_severity(rules):
 def test_empty_values_are_left_out_but_nulls_inside_arrays_kept():
     assert cards._without_empty({"a": "", "b": [], "c": {}, "d": None, "e": {"f": ""}, "g": [None, 1, ""], "h": 0}) == \
         {"g": [None, 1], "h": 0}
+
+
+def test_a_missing_data_headline_is_cut_at_the_first_colon_outside_parentheses():
+    from cds_tpi.templates import headline
+
+    assert headline("allergies (none recorded): checks not done") == "allergies (none recorded)"
+    assert headline("dose of lidocaine (no usable dose in mg: 1 vial): not done") == \
+        "dose of lidocaine (no usable dose in mg: 1 vial)"
+    assert headline("a (b: c") == "a (b)"  # never an unclosed parenthesis

@@ -38,6 +38,10 @@ def codeable(cc) -> tuple[list[tuple[str, str]], list[str]]:
     if "concept" in cc and isinstance(cc["concept"], dict):  # R5 CodeableReference
         cc = cc["concept"]
     codes, texts = [], []
+    # its text first: what the clinician entered or saw ("Cellulitis of left buttock"), which a card
+    # names before a coding's display ("Cellulitis of buttock")
+    if cc.get("text"):
+        texts.append(bounded_text(str(cc["text"])))
     codings = cc.get("coding")
     for c in codings if isinstance(codings, list) else ():
         if isinstance(c, dict):
@@ -45,8 +49,6 @@ def codeable(cc) -> tuple[list[tuple[str, str]], list[str]]:
                 codes.append((c["system"], str(c["code"])))
             if c.get("display"):
                 texts.append(bounded_text(str(c["display"])))
-    if cc.get("text"):
-        texts.append(bounded_text(str(cc["text"])))
     return codes, texts
 
 
