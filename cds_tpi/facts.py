@@ -238,7 +238,10 @@ class FactBuilder:
                 if ref_display:
                     texts.append(ref_display)
                 self._gap(ref_key(r) or "", f"medication of {ref_key(r) or 'a record'} not found",
-                          f"its reference {ref} could not be resolved")
+                          f"its reference {ref} could not be resolved, so "
+                          + (f"it was read only by its display '{ref_display}': ingredients it does not name (e.g."
+                             " epinephrine, which changes an anesthetic's maximum) are not known" if ref_display else
+                             "what it is (anesthetic, steroid, epinephrine, strengths) is not known"))
         # the record's own words first, then the value sets' name for its codes, the reference's display,
         # the ingredients; a raw (local) code last
         if own_texts:
@@ -414,7 +417,10 @@ class FactBuilder:
             problem = self._observation_value(r, vs, fields)
             if problem and latest_in:
                 # the newest result of a value set the rules compare, and its value cannot be compared
-                self._gap(fields["ref"], f"{fields['name']} ({fields['ref'] or 'no id'}) not read", problem)
+                compared = next((self.term.defs[v].title for v in latest_in if v in self.term.defs), "")
+                self._gap(fields["ref"], f"{fields['name']} ({fields['ref'] or 'no id'}) not read",
+                          problem.rstrip(".") + (f"; the checks that compare the newest {compared} result did not use it"
+                                                 if compared else ""))
             self._emit("observation", **fields)
         self._pending_observations = []
 

@@ -363,6 +363,8 @@ def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPo
 
     Returns (dose fact fields, dose-total fact fields or None)."""
     limits = policy.anesthetic_limits
+    if weight_kg is not None:
+        weight_kg = round(weight_kg, 1)  # the weight a card shows is the one computed with (51.98 kg: 52 x 7 = 364)
     groups: dict[tuple, list[AgentDose]] = {}
     for d in doses:
         key = (d.agent.valueset, d.with_vasoconstrictor) if d.agent else (None, d.name)
@@ -395,13 +397,15 @@ def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPo
             fields["limit_mg"] = round(limit, 3)
             fields["fraction"] = round(fields["total_mg"] / limit, 4)
             if known:
-                fractions.append((fields["name"], fields["total_mg"], limit))
+                fractions.append((fields["name"], fields["total_mg"], limit, fields["limit_text"], fields["parts"]))
         facts.append(fields)
     total = None
     if len(fractions) >= 2:
         total = dict(ref=facts[0]["ref"], name="local anesthetics combined", vs=[], text_only=[],
-                     classes=len(fractions), fraction=round(sum(mg / lim for _, mg, lim in fractions), 4),
-                     parts=[f"{n} {_fmt(mg)} mg = {round(100 * mg / lim)} % of {_fmt(lim)} mg" for n, mg, lim in fractions])
+                     classes=len(fractions), fraction=round(sum(f[1] / f[2] for f in fractions), 4),
+                     # each part with where its maximum comes from (weight x mg/kg, or the cap) and what was ordered
+                     parts=[f"{n} {_fmt(mg)} mg = {round(100 * mg / lim)} % of its maximum, {how} (ordered: {'; '.join(ordered)})"
+                            for n, mg, lim, how, ordered in fractions])
     return facts, total
 
 
