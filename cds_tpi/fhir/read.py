@@ -18,9 +18,10 @@ from .prefetch_keys import CATEGORIES, category_of_key
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Located:
-    """A resource and where it was found in its document."""
+    """A resource and where it was found in its document. Compared by identity (one place of one
+    document): comparing the whole resources was most of a list-membership test."""
 
     location: str
     resource: dict
