@@ -364,6 +364,13 @@ class FactBuilder:
             c, t = _codeable(cc)
             site_codes, site_texts = site_codes + c, site_texts + t
         # a bodySite's words as recorded (a code alone is named by the region it places)
+        # the value sets its bodySite alone is in (infection-buttock for a SNOMED "Cellulitis" whose
+        # bodySite is "Buttock"), so a rule can place an infection by where it was recorded
+        body_codes, body_texts = [], []
+        for cc in sites if isinstance(sites, list) else ():
+            c, t = _codeable(cc)
+            body_codes, body_texts = body_codes + c, body_texts + t
+        base["site_vs"] = self._member(body_codes, body_texts)[0] if body_codes or body_texts else []
         recorded_sites = [(_codeable(cc)[1] or [""])[0] for cc in sites if isinstance(cc, dict)] if isinstance(sites, list) else []
         if any(recorded_sites):
             base["site"] = ", ".join(dict.fromkeys(x for x in recorded_sites if x))  # as recorded, for a card

@@ -8,7 +8,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "injectate": COMMON | {"dose_mg", "dose_text", "order"},
     "order": COMMON | {"code"},
     "site": COMMON | {"region", "order"},
-    "condition": COMMON | {"region", "region_name", "site", "status", "onset_days", "recorded_as"},
+    "condition": COMMON | {"region", "region_name", "site", "site_vs", "status", "onset_days", "recorded_as"},
     "allergy": COMMON | {"criticality", "verification", "status"},
     "observation": COMMON | {"value", "unit", "comparator", "value_vs", "age_days", "date", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "date", "site", "used_vs", "status"},
@@ -23,7 +23,7 @@ FACT_FIELDS: dict[str, set[str]] = {
 }
 
 # Fields holding value set ids (lint checks that the ids named against them exist).
-VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "value_vs", "region"}
+VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "value_vs", "site_vs", "region"}
 
 # Fields holding lists (of value set ids or of strings); every other field is a scalar.
 LIST_FIELDS = VALUESET_FIELDS - {"region"} | {"checked", "orders", "parts", "undosed"}
