@@ -129,6 +129,13 @@ def condition_record(r: dict, onset: date | None) -> str:
     return ", ".join([kind, status or "no clinical status", f"dated {onset.isoformat()}" if onset else "undated"])
 
 
+def _site_words(concepts) -> str:
+    """Body sites as the record words them, for a card ("Left buttock, Right trapezius"): the first
+    text of each CodeableConcept; a site sent as a code alone has no words (a rule places it by code)."""
+    words = [(_codeable(cc)[1] or [""])[0] for cc in concepts if isinstance(cc, dict)]
+    return ", ".join(dict.fromkeys(w for w in words if w))
+
+
 class FactBuilder:
     """Builds the fact list for one evaluation."""
 
@@ -357,23 +364,19 @@ class FactBuilder:
                     status=_coding_code(r.get("clinicalStatus")) or "unknown", recorded_as=condition_record(r, onset))
         if onset:
             base["onset_days"] = age
-        # the body site, else what the code says (an ICD-10-CM "cellulitis of back" code, its text)
-        site_codes, site_texts = list(codes), list(texts)
-        sites = r.get("bodySite")
-        for cc in sites if isinstance(sites, list) else ():
-            c, t = _codeable(cc)
-            site_codes, site_texts = site_codes + c, site_texts + t
-        # a bodySite's words as recorded (a code alone is named by the region it places)
-        # the value sets its bodySite alone is in (infection-buttock for a SNOMED "Cellulitis" whose
-        # bodySite is "Buttock"), so a rule can place an infection by where it was recorded
+        # its bodySite: the value sets the site alone is in (infection-buttock for a SNOMED "Cellulitis"
+        # whose bodySite is "Buttock"), so a rule can place an infection by where it was recorded, and
+        # its words for a card
+        sites = [cc for cc in r.get("bodySite") or () if isinstance(cc, dict)] if isinstance(r.get("bodySite"), list) else []
         body_codes, body_texts = [], []
-        for cc in sites if isinstance(sites, list) else ():
+        for cc in sites:
             c, t = _codeable(cc)
             body_codes, body_texts = body_codes + c, body_texts + t
         base["site_vs"] = self._member(body_codes, body_texts)[0] if body_codes or body_texts else []
-        recorded_sites = [(_codeable(cc)[1] or [""])[0] for cc in sites if isinstance(cc, dict)] if isinstance(sites, list) else []
-        if any(recorded_sites):
-            base["site"] = ", ".join(dict.fromkeys(x for x in recorded_sites if x))  # as recorded, for a card
+        if recorded := _site_words(sites):
+            base["site"] = recorded
+        # the region: of the body site, else of what the code says (an ICD-10-CM "cellulitis of back" code, its text)
+        site_codes, site_texts = codes + body_codes, texts + body_texts
         regions = self._regions(site_codes, site_texts) or ["unknown"]
         for region in regions:
             self._emit("condition", region=region, region_name=self._region_name(region), **base)
@@ -402,17 +405,17 @@ class FactBuilder:
         if not vs:
             return
         when = observation_date(r)
-        self._pending_observations.append((r, codes, texts, vs, text_only, self._age_days(when) if when else None))
+        self._pending_observations.append((r, codes, texts, vs, text_only, when, self._age_days(when) if when else None))
 
     def _build_observations(self) -> None:
         """Observation facts with latest_in: the value sets in which each is the newest (ties: all)."""
         newest: dict[str, int] = {}
-        for _, _, _, vs, _, age in self._pending_observations:
+        for _, _, _, vs, _, _, age in self._pending_observations:
             if age is not None:
                 for v in vs:
                     if v not in newest or age < newest[v]:
                         newest[v] = age
-        for r, codes, texts, vs, text_only, age in self._pending_observations:
+        for r, codes, texts, vs, text_only, when, age in self._pending_observations:
             latest_in = [v for v in vs if age is not None and newest.get(v) == age]
             if self.latest_only and not latest_in:
                 continue  # no rule can match an older result (see Evaluator)
@@ -420,7 +423,7 @@ class FactBuilder:
                           text_only=text_only, code=f"{codes[0][0]}|{codes[0][1]}" if codes else "", latest_in=latest_in)
             if age is not None:
                 fields["age_days"] = age
-                fields["date"] = observation_date(r).isoformat()  # for a card: which result, of when
+                fields["date"] = when.isoformat()  # for a card: which result, of when
             problem = self._observation_value(r, vs, fields)
             if problem and latest_in:
                 # the newest result of a value set the rules compare, and its value cannot be compared
@@ -518,9 +521,8 @@ class FactBuilder:
         used_vs, _ = self._member(used_codes, used_texts)
         fields = dict(ref=key or "", name=_display(r.get("code"), "procedure"), vs=vs, text_only=text_only,
                       used_vs=used_vs, status=r.get("status", ""))
-        sites = [_display(cc) for cc in r.get("bodySite") or () if isinstance(cc, dict)]
-        if any(sites):
-            fields["site"] = ", ".join(dict.fromkeys(x for x in sites if x))  # for a card: where it was given
+        if recorded := _site_words(r.get("bodySite") if isinstance(r.get("bodySite"), list) else ()):
+            fields["site"] = recorded  # for a card: where it was given
         if when:
             fields["age_days"] = self._age_days(when)
             fields["date"] = when.isoformat()
@@ -560,8 +562,8 @@ class FactBuilder:
         fields = dict(ref=ref_key(a) or "", name=f"{name} (administered as a trigger point injection"
                                                  + (f": {why})" if why else ")"), vs=vs,
                       text_only=text_only, used_vs=used_vs, status=a.get("status", ""))
-        if isinstance(dosage.get("site"), dict) and _display(dosage["site"]):
-            fields["site"] = _display(dosage["site"])
+        if recorded := _site_words([dosage.get("site")]):
+            fields["site"] = recorded
         if when:
             fields["age_days"] = self._age_days(when)
             fields["date"] = when.isoformat()

@@ -402,7 +402,7 @@ def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPo
     total = None
     if len(fractions) >= 2:
         total = dict(ref=facts[0]["ref"], name="local anesthetics combined", vs=[], text_only=[],
-                     classes=len(fractions), fraction=round(sum(f[1] / f[2] for f in fractions), 4),
+                     classes=len(fractions), fraction=round(sum(mg / lim for _, mg, lim, _, _ in fractions), 4),
                      # each part with where its maximum comes from (weight x mg/kg, or the cap) and what was ordered
                      parts=[f"{n} {_fmt(mg)} mg = {round(100 * mg / lim)} % of its maximum, {how} (ordered: {'; '.join(ordered)})"
                             for n, mg, lim, how, ordered in fractions])

@@ -38,6 +38,19 @@ _TOKEN = re.compile(r"[a-z0-9]+|[,:;.!?()\n]")
 _SENTENCE_END = frozenset(".;!?\n")
 
 
+MEMO_MAX = 50_000  # entries per memo: bounded by the distinct descriptions and texts one process sees
+
+
+def _memoised(memo: dict, key, compute):
+    """memo[key], computed once; a memo that has grown past MEMO_MAX is emptied first."""
+    hit = memo.get(key)
+    if hit is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        hit = memo[key] = compute()
+    return hit
+
+
 @dataclass(frozen=True)
 class _Tokens:
     words: list[str]
@@ -191,13 +204,8 @@ class Terminology:
 
     def match(self, codings: list[tuple[str, str]], texts: list[str]) -> Membership:
         """Membership of a thing described by (system, code) pairs and free texts (memoised)."""
-        key = (tuple(codings), tuple(texts))
-        hit = self._memo.get(key)
-        if hit is None:
-            if len(self._memo) > 50_000:  # bounded: distinct descriptions seen by this process
-                self._memo.clear()
-            hit = self._memo[key] = self._match([canonical_coding(s, c) for s, c in codings], texts)
-        return hit
+        return _memoised(self._memo, (tuple(codings), tuple(texts)),
+                         lambda: self._match([canonical_coding(s, c) for s, c in codings], texts))
 
     def _match(self, codings, texts) -> Membership:
         by_code: set[str] = set()
@@ -244,13 +252,7 @@ class Terminology:
         lower back, not improving", "Pregnancy at 24 weeks, no complications".
         Linear: each word is tried against each cue and each pattern length (both bounded).
         Memoised per (text, cues): a record's text is read again on every call for that patient."""
-        key = (text, cues)
-        hit = self._affirmed_memo.get(key)
-        if hit is None:
-            if len(self._affirmed_memo) > 50_000:  # bounded: distinct texts seen by this process
-                self._affirmed_memo.clear()
-            hit = self._affirmed_memo[key] = self._affirmed(text, cues)
-        return list(hit)
+        return list(_memoised(self._affirmed_memo, (text, cues), lambda: self._affirmed(text, cues)))
 
     def _affirmed(self, text: str, cues: tuple[tuple[str, ...], ...]) -> list[str]:
         tok = _tokens(text)

@@ -120,7 +120,7 @@ async def complete_prefetch(call: HookCall, client: FhirClient, config: ServiceC
 
 def _complete_as_given(given: dict, key: str) -> bool:
     """The key was sent and needs no fetch: null (looked up, none), or a value that is neither an
-    OperationOutcome nor a searchset with a next page (what `_Fetcher._resolve` takes as given)."""
+    OperationOutcome nor a searchset with a next page (`_Fetcher._resolve` fetches the rest)."""
     if key not in given:
         return False
     value = given[key]
@@ -167,13 +167,11 @@ class _Fetcher:
             return "failed", reason
 
     async def _resolve(self, key: PrefetchKey, given: dict) -> tuple[str, Any]:
+        if _complete_as_given(given, key.key):
+            return "given", given[key.key]
         if key.key in given:
             value = given[key.key]
-            if value is None:
-                return "given", None
             if value.get("resourceType") != "OperationOutcome":
-                if _next_link(value) is None:
-                    return "given", value
                 # a partial searchset from the EHR: fetch the rest of its pages
                 self._require_server("the EHR sent only the first page")
                 return "fetched", await self._pages(value, pages=1)
