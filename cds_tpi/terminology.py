@@ -2,6 +2,8 @@
 
 A ValueSet may include concepts, other value sets (by canonical url) and exclude concepts.
 Text patterns are root extensions with TEXT_MATCH_URL; they match whole words, case-insensitively.
+A TEXT_EXCLUDE_URL extension names a longer phrase inside which the set's own patterns do not match
+("pronator teres", a forearm muscle, keeps "teres" from placing a site at the shoulder).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .errors import RuleError
 from .fhir.text import bounded_text
 
 TEXT_MATCH_URL = "https://cds-tpi.example.org/fhir/StructureDefinition/text-match"
+TEXT_EXCLUDE_URL = "https://cds-tpi.example.org/fhir/StructureDefinition/text-exclude"
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -121,6 +124,7 @@ class ValueSetDef:
     excludes: set[tuple[str, str]] = field(default_factory=set)
     includes: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    text_excludes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,14 @@ class Terminology:
             if words:
                 self._text_index.setdefault(words, set()).update(vids)
         self._max_words = max((len(w) for w in self._text_index), default=0)
+        # Excluded phrases, by the sets whose patterns they mask (an including set inherits its parts').
+        self._exclude_index: dict[tuple[str, ...], set[str]] = {}
+        for vid in defs:
+            for t in self._excludes_of(vid, ()):
+                words = tuple(_words(t))
+                if words:
+                    self._exclude_index.setdefault(words, set()).add(vid)
+        self._max_exclude_words = max((len(w) for w in self._exclude_index), default=0)
 
     def resolve(self, name: str) -> str | None:
         """Value set id for an id, canonical url, name or file stem."""
@@ -199,6 +211,15 @@ class Terminology:
         codes -= d.excludes
         return codes, texts
 
+    def _excludes_of(self, vid: str, stack: tuple[str, ...]) -> list[str]:
+        d = self.defs[vid]
+        out = list(d.text_excludes)
+        for inc in d.includes:
+            target = self.resolve(inc)
+            if target is not None and target not in stack + (vid,):
+                out += self._excludes_of(target, stack + (vid,))
+        return out
+
     def codes_of(self, vid: str) -> set[tuple[str, str]]:
         return self.expanded[vid][0]
 
@@ -218,15 +239,31 @@ class Terminology:
             index, longest = self._text_index, self._max_words
             for text in texts:
                 words = _words(text) if text else []
+                masked = self._masked(words)
                 for i in range(len(words)):
                     for n in range(1, min(longest, len(words) - i) + 1):
                         hit = index.get(tuple(words[i : i + n]))
                         if hit:
+                            if masked:
+                                hit = {v for v in hit if not any(a <= i and i + n <= b for a, b, vs in masked if v in vs)}
                             by_text |= hit
         by_text -= by_code
         if not by_code and not by_text:
             return EMPTY
         return Membership(frozenset(by_code), frozenset(by_text))
+
+    def _masked(self, words: list[str]) -> list[tuple[int, int, set[str]]]:
+        """Spans (start, end, value sets) of the excluded phrases in words: those sets' patterns do not
+        match inside them."""
+        if not self._max_exclude_words:
+            return []
+        out = []
+        for i in range(len(words)):
+            for n in range(2, min(self._max_exclude_words, len(words) - i) + 1):
+                vids = self._exclude_index.get(tuple(words[i : i + n]))
+                if vids:
+                    out.append((i, i + n, vids))
+        return out
 
     def _concept_end(self, tok: _Tokens, j: int) -> int | None:
         """End (exclusive) of the longest value-set text pattern starting at word j, within its sentence."""
@@ -373,6 +410,12 @@ def _load_one(path: Path) -> tuple[ValueSetDef | None, list[str]]:
                 errors.append(f"{path}:{_line_of(path, 'extension')}: text-match extension needs a non-empty valueString")
             else:
                 d.texts.append(value.strip())
+        elif ext.get("url") == TEXT_EXCLUDE_URL:
+            value = ext.get("valueString")
+            if not isinstance(value, str) or len(_words(value)) < 2:
+                errors.append(f"{path}:{_line_of(path, 'extension')}: text-exclude extension needs a phrase of two or more words")
+            else:
+                d.text_excludes.append(value.strip())
     d.displays = displays  # type: ignore[attr-defined]
     return d, errors
 

@@ -49,7 +49,7 @@ BREAKAGES = [
     ("anticoagulant.yaml", "id: anticoagulant", "id: anticoagulants", 1, "must match the file name"),
     ("anticoagulant.yaml", "title: Anticoagulant", "title: Anticoagulant\ntitle: again", 3, "duplicate key"),
     ("bleeding-disorder.yaml", "value: {gt: {param: inr_max}}", "value: {gt: {param: inr_maximum}}", 18, "unknown param 'inr_maximum'"),
-    ("local-infection.yaml", "{ref: infection.region}", "{ref: infektion.region}", 21, "no earlier (present) pattern 'infektion'"),
+    ("local-infection.yaml", "{ref: infection.region}", "{ref: infektion.region}", 22, "no earlier (present) pattern 'infektion'"),
 ]
 
 

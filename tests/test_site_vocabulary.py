@@ -110,6 +110,16 @@ TEXTS = [
     ("gastroc", {LL}, False),
     ("rectus abdominis", {AB}, False),
     ("obliques", {AB}, False),
+    # a longer phrase masks a shorter pattern of another region (text-exclude): the muscle is where it is
+    ("R pronator teres", {UL}, False),  # forearm, not "teres" of the shoulder
+    ("Left biceps femoris", {LL}, False),  # thigh, not "biceps" of the arm
+    ("biceps femoris, long head", {LL}, False),  # "long head" is not the head
+    ("Right triceps long head", {UL}, False),
+    ("deltoid ligament", {LL}, False),  # the ankle
+    ("humeral head", {UB}, False),
+    ("femoral neck", {BH}, False),  # "neck" of the femur, not the neck
+    ("back of left thigh", {LL}, False),  # "back of" a limb is not the back
+    ("back of trunk", {UB, LB}, False),
 ]
 
 # Named without a level: the region cannot be told from the text (sites not comparable; thoracic undecided).
@@ -235,7 +245,25 @@ ICD_CODES = [
     ("L03.322", {UB, LB}), ("L02.222", {UB, LB}), ("L02.32", {BH}), ("L03.811", {HN}), ("L03.032", {LL}),  # audit 7
     ("L08.9", set()), ("T81.41XA", set()),
     ("L03.319", set()), ("L03.90", set()), ("L03.315", set()), ("L02.419", set()),  # trunk/limb/site unspecified
+    # furuncle and carbuncle of a limb (L02.42-, L02.43-) and of the trunk: like the abscess codes of the same site
+    ("L02.423", {UL}), ("L02.424", {UL}), ("L02.433", {UL}), ("L02.434", {UL}),
+    ("L02.425", {LL}), ("L02.426", {LL}), ("L02.435", {LL}), ("L02.436", {LL}),
+    ("L02.429", set()), ("L02.439", set()), ("L02.229", set()), ("L02.239", set()),
+    ("L02.223", {CH}), ("L02.233", {CH}), ("L02.234", {AB}),
 ]
+
+
+@pytest.mark.parametrize("code,shoulder,hip", [
+    ("L02.423", True, False), ("L02.424", True, False), ("L02.433", True, False), ("L02.434", True, False),
+    ("L02.425", False, True), ("L02.426", False, True), ("L02.435", False, True), ("L02.436", False, True),
+    ("L02.429", True, True), ("L02.439", True, True),
+])
+def test_limb_furuncle_and_carbuncle_codes_reach_the_whole_limb(term, code, shoulder, hip):
+    """The whole-limb sets (a limb code may be at the shoulder or hip: warning) hold the furuncle and carbuncle
+    codes as they hold the abscess codes (L02.413/.414/.419, L02.415/.416/.419)."""
+    got = set(term.match([(ICD, code)], []).all)
+    assert "skin-soft-tissue-infections" in got
+    assert ("infection-limb-incl-shoulder" in got) is shoulder and ("infection-limb-incl-hip" in got) is hip
 
 
 @pytest.mark.parametrize("code,regions", ICD_CODES, ids=[c[0] for c in ICD_CODES])
@@ -246,9 +274,10 @@ def test_infection_icd_code_without_display(term, code, regions):
 
 # Border pairs (local-infection warning "may be near"): an infection named in infection-buttock / infection-axilla
 # with a site in sites-near-buttock / sites-near-axilla. EXACT: a site listed here as far must stay without a card.
-NEAR_BUTTOCK, NEAR_AXILLA = "sites-near-buttock", "sites-near-axilla"
-INF_BUTTOCK, INF_AXILLA = "infection-buttock", "infection-axilla"
-NEAR = {NEAR_BUTTOCK, NEAR_AXILLA}
+NEAR_BUTTOCK, NEAR_AXILLA, NEAR_LUMBAR = "sites-near-buttock", "sites-near-axilla", "sites-near-lumbar"
+INF_BUTTOCK, INF_AXILLA, INF_LUMBAR = "infection-buttock", "infection-axilla", "infection-lumbar"
+NEAR = {NEAR_BUTTOCK, NEAR_AXILLA, NEAR_LUMBAR}
+INF = {INF_BUTTOCK, INF_AXILLA, INF_LUMBAR}
 
 NEAR_TEXTS = [
     ("Left quadratus lumborum muscle", {NEAR_BUTTOCK}),  # arises from the iliac crest
@@ -262,6 +291,12 @@ NEAR_TEXTS = [
     ("Right teres major", {NEAR_AXILLA}),  # posterior axillary fold
     ("teres minor", {NEAR_AXILLA}),  # upper border of the quadrangular space
     ("Left subscapularis", {NEAR_AXILLA}),  # posterior wall of the axilla
+    ("Right gluteus medius muscle", {NEAR_LUMBAR}),  # just below the iliac crest (the reverse pair)
+    ("gluteus maximus, left", {NEAR_LUMBAR}),  # posterior iliac crest and sacrum
+    ("glute med", {NEAR_LUMBAR}),
+    ("L gluteal TP", {NEAR_LUMBAR}),
+    ("R SI joint", {NEAR_LUMBAR}),
+    ("sacral", {NEAR_LUMBAR}),
     # far from both borders, or already the same region as the infection (critical, not "near")
     ("Left trapezius", set()),
     ("upper back", set()),
@@ -274,9 +309,15 @@ NEAR_TEXTS = [
     ("rotator cuff", set()),
     ("Left deltoid", set()),
     ("pronator teres", set()),  # forearm: bare "teres" is not a pattern
-    ("lumbosacral", set()),  # region-buttock-hip itself
-    ("R SI joint", set()),
-    ("Right gluteus medius muscle", set()),
+    ("lumbosacral", set()),  # region-buttock-hip and region-lower-back both: the same region
+    ("iliac crest", set()),
+    ("gluteus minimus", set()),  # deep, lower than the crest
+    ("glute min R", set()),
+    ("left gluteal fold", set()),  # the buttock's lower border
+    ("Right piriformis muscle", set()),  # mid-buttock
+    ("TFL", set()),
+    ("Right greater trochanter", set()),
+    ("coccyx", set()),
     ("paraspinals", set()),  # no level
     ("C5-C6 paraspinal", set()),
     ("thoracic paraspinals T6-T8", set()),
@@ -293,6 +334,9 @@ NEAR_CODES = [
     ("37822005", {NEAR_BUTTOCK}), ("113182001", {NEAR_BUTTOCK}), ("736312007", {NEAR_BUTTOCK}),
     ("1017210004", {NEAR_BUTTOCK}), ("1017211000", {NEAR_BUTTOCK}),
     ("1193009", {NEAR_AXILLA}), ("51159009", {NEAR_AXILLA}), ("90588001", {NEAR_AXILLA}),
+    ("206007", {NEAR_LUMBAR}), ("181674001", {NEAR_LUMBAR}), ("78333006", {NEAR_LUMBAR}), ("46862004", {NEAR_LUMBAR}),
+    ("22180002", {NEAR_LUMBAR}), ("95941007", {NEAR_LUMBAR}), ("54735007", {NEAR_LUMBAR}), ("39723000", {NEAR_LUMBAR}),
+    ("75297007", set()), ("736324000", set()), ("29836001", set()),  # gluteus minimus; sacral soft tissue (also LB); hip
     ("77568009", set()), ("1217256009", set()), ("44947003", set()), ("15665001", set()),  # back, thoracolumbar, erector spinae, latissimus
     ("1217253001", set()), ("31764008", set()), ("72573008", set()), ("7885001", set()), ("60005003", set()),
 ]
@@ -306,7 +350,7 @@ def test_site_code_near_a_border(term, code, near):
 def test_near_sets_are_not_the_infections_own_region(term):
     """A near site is never in the region of its infection set's codes: that pair is critical (same region), and a
     second, weaker 'may be near' note on the same card would only confuse."""
-    for near, region in ((NEAR_BUTTOCK, BH), (NEAR_AXILLA, CH)):
+    for near, region in ((NEAR_BUTTOCK, BH), (NEAR_AXILLA, CH), (NEAR_LUMBAR, LB)):
         for system, code in term.codes_of(near):
             assert region not in term.match([(system, code)], []).all, (near, code)
         for pattern in term.defs[near].texts:
@@ -321,25 +365,30 @@ INF_CODES = [
     ("L02.431", {INF_AXILLA}, {CH}), ("L02.432", {INF_AXILLA}, {CH}),
     ("L03.313", set(), {CH}), ("L02.213", set(), {CH}),  # chest wall: not the axilla
     ("L03.119", set(), set()), ("L02.419", set(), set()),  # unspecified part of limb (whole-limb sets)
-    ("L03.312", set(), {UB, LB}), ("L02.416", set(), {LL}),
+    ("L03.312", {INF_LUMBAR}, {UB, LB}), ("L02.212", {INF_LUMBAR}, {UB, LB}), ("L02.222", {INF_LUMBAR}, {UB, LB}),
+    ("L02.232", {INF_LUMBAR}, {UB, LB}), ("L03.322", {INF_LUMBAR}, {UB, LB}), ("L02.217", {INF_LUMBAR}, {LB}),
+    ("L02.416", set(), {LL}), ("L03.221", set(), {HN}),
 ]
 
 
 @pytest.mark.parametrize("code,sets,regions", INF_CODES, ids=[c[0] for c in INF_CODES])
 def test_infection_code_of_a_border_area(term, code, sets, regions):
     got = set(term.match([(ICD, code)], []).all)
-    assert got & {INF_BUTTOCK, INF_AXILLA} == sets and got & REGIONS == regions, code
+    assert got & INF == sets and got & REGIONS == regions, code
     assert "skin-soft-tissue-infections" in got, code
 
 
 @pytest.mark.parametrize("text,sets", [
     ("Abscess of right buttock", {INF_BUTTOCK}), ("Gluteal cellulitis", {INF_BUTTOCK}),
     ("Left axillary abscess", {INF_AXILLA}), ("Cellulitis of armpit", {INF_AXILLA}),
-    ("Cellulitis of back [any part except buttock]", set()),  # the bracketed aside is dropped
+    ("Cellulitis of back [any part except buttock]", {INF_LUMBAR}),  # the bracketed aside is dropped
+    ("Abscess of lower back, right", {INF_LUMBAR}), ("Lumbar cellulitis", {INF_LUMBAR}), ("Flank abscess", {INF_LUMBAR}),
+    ("Cellulitis of upper back", set()), ("Cellulitis of mid back", set()), ("Cellulitis, back of left hand", set()),
+    ("Abscess back of neck", set()),
     ("Cellulitis of chest wall", set()), ("Cellulitis of left forearm", set()),
 ])
 def test_infection_text_of_a_border_area(term, text, sets):
-    assert set(term.match([], [text]).all) & {INF_BUTTOCK, INF_AXILLA} == sets, text
+    assert set(term.match([], [text]).all) & INF == sets, text
 
 
 @pytest.mark.parametrize("text", ["Cellulitis of armpit", "Left underarm abscess", "Axillary abscess, right"])
