@@ -34,8 +34,11 @@ def _doses(book, product, ml):
 def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(book):
     """For every RxNorm product of the ropivacaine / mepivacaine / bupivacaine value sets whose name
     gives a strength: coded only by its code (no display, no text, no ingredients), 9 mL is 9 x the
-    mg/mL written next to that anesthetic in the name, never the epinephrine's or another number."""
+    mg/mL written next to that anesthetic in the name, never the epinephrine's, the fentanyl's, the
+    pack volume ('100 ML ...') or another number. A product of two anesthetics (bupivacaine +
+    lidocaine) gives each its own mg, from its own part of the name."""
     term = book.terminology
+    limited = [a.valueset for a in book.records.anesthetic_limits.agents]
     checked = []
     for agent in AGENTS:
         for system, code, display in term.defs[agent].displays:
@@ -43,16 +46,38 @@ def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(bo
                 continue
             name = term.display_of(system, code)
             assert name == display
-            part = next(p for p in name.split(" / ") if agent in term.match([], [p]).all)
-            conc = float(re.search(r"(\d+(?:\.\d+)?) MG/ML", part, re.I).group(1))
+            want = {}
+            for part in name.split(" / "):
+                for named in term.match([], [part]).all & set(limited):
+                    conc = float(re.search(r"(\d+(?:\.\d+)?) MG/ML", part, re.I).group(1))
+                    want[named] = pytest.approx(9 * conc)
+            assert agent in want, name
             vs = term.match([(system, code)], []).all          # the code alone
-            assert agent in vs and "local-anesthetics" in vs
+            assert set(want) <= vs and "local-anesthetics" in vs
             got = {d.agent.valueset: d.mg for d in _doses(book, planned.Product("", vs, (name,)), 9) if d.agent}
-            assert got == {agent: pytest.approx(9 * conc)}, name
+            assert got == want, name
             checked.append(code)
-    # today only the mepivacaine + epinephrine SCD 1012792 (NEMSIS) has a confirmed code with a strength
-    # (valuesets/README.md: ropivacaine and plain bupivacaine products are matched by name only)
-    assert "1012792" in checked
+    # mepivacaine + epinephrine 1012792 (NEMSIS); Naropin 1734478, 1734348 and bupivacaine 1724884,
+    # 1725082 (MIMIC-IV map); fentanyl + ropivacaine 1233685-1233687 (OMTK); bupivacaine + lidocaine
+    # 1012108 (VSAC 1021.73): valuesets/README.md "Product codes (issue 7)"
+    assert {"1012792", "1734478", "1734348", "1724884", "1725082", "1233685", "1233686", "1233687",
+            "1012108"} <= set(checked)
+
+
+@pytest.mark.parametrize("code,agent", [("35780", "ropivacaine"), ("1815", "bupivacaine"),
+                                        ("371160", "bupivacaine")])
+def test_ingredient_and_strengthless_codes_are_recognised_and_never_guessed(book, code, agent):
+    """The ingredients (35780 ropivacaine, 1815 bupivacaine) and the dose form group 371160
+    'bupivacaine Injectable Solution' name no strength: coded only by the code the product is that
+    anesthetic (so missing-data names it, it is never an unrecognised medication), and mL are not
+    turned into mg with a guessed strength."""
+    term = book.terminology
+    vs = term.match([(RX, code)], []).all
+    assert agent in vs and "local-anesthetics" in vs
+    name = term.display_of(RX, code)
+    doses = [d for d in _doses(book, planned.Product("", vs, (name,)), 9) if d.agent]
+    assert [d.agent.valueset for d in doses] == [agent]
+    assert doses[0].mg is None
 
 
 @pytest.mark.parametrize("name,ml,agent,mg", [
