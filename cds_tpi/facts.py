@@ -140,8 +140,12 @@ class FactBuilder:
     """Builds the fact list for one evaluation."""
 
     def __init__(self, terminology: Terminology, policy: RecordPolicy, now: datetime | None = None,
-                 latest_observations_only: bool = False):
+                 latest_observations_only: bool = False, need_vs: frozenset[str] = frozenset()):
+        """need_vs: record fact types (medication, condition, allergy, procedure) whose every rule
+        pattern asks for a non-empty `vs`: a record of such a type that no value set knows is counted but
+        not built into a fact (no rule could match it; `explain` asks for every fact)."""
         self.term = terminology
+        self.need_vs = need_vs
         self.policy = policy
         self.now = now or datetime.now(timezone.utc)
         self.today = self.now.date()
@@ -342,6 +346,8 @@ class FactBuilder:
     def _medication(self, r: dict) -> None:
         codes, texts, name, _ = self._medication_of(r)
         vs, text_only = self._member(codes, texts)
+        if not vs and "medication" in self.need_vs:
+            return
         self._emit("medication", ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
                    status=r.get("status", ""), source=r["resourceType"])
 
@@ -349,6 +355,8 @@ class FactBuilder:
         codes, texts = _codeable(r.get("code"))
         # A negation cue in the text only stops a TEXT match; a coded match always counts.
         vs, text_only = self._member(codes, self._affirmed(texts))
+        if not vs and "condition" in self.need_vs:
+            return
         name = self._name(codes, texts, "condition")
         # Dated by its LATEST date (onset, onset period, recorded date): an encounter diagnosis recorded
         # two days ago with an onset 70 days back is a current problem, not history (records.yaml).
@@ -393,6 +401,8 @@ class FactBuilder:
             codes += c
             texts += t
         vs, text_only = self._member(codes, texts)
+        if not vs and "allergy" in self.need_vs:
+            return
         self._emit("allergy", ref=ref_key(r) or "", name=_display(r.get("code"), "allergy"), vs=vs, text_only=text_only,
                    criticality=r.get("criticality", "unknown"),
                    verification=_coding_code(r.get("verificationStatus")) or "unknown",
@@ -504,6 +514,8 @@ class FactBuilder:
     def _procedure(self, r: dict, administrations: list[dict]) -> None:
         codes, texts = _codeable(r.get("code"))
         vs, text_only = self._member(codes, texts)
+        if not vs and "procedure" in self.need_vs:
+            return
         when = parse_date(r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
                           or r.get("occurrenceDateTime") or (r.get("occurrencePeriod") or {}).get("start"))
         used_codes, used_texts = [], []

@@ -73,6 +73,9 @@ class Evaluator:
         # When every observation pattern asks for the newest result of a value set, the facts stage
         # need not build facts for older results (they could never match).
         self._latest_only = self._could_match.shared.get("observation", {}).get("latest_in") == "non-empty"
+        # Likewise, records of a type every pattern of which needs a value set are not built into facts
+        # when no value set knows them (a hypertension problem, an ACE inhibitor): counted, not built.
+        self._need_vs = frozenset(t for t, need in self._could_match.shared.items() if need.get("vs") == "non-empty")
         self._fields = referenced_fields(book.rules)
 
     @classmethod
@@ -84,8 +87,9 @@ class Evaluator:
     def rules(self):
         return self.book.rules
 
-    def _builder(self, now: datetime | None) -> FactBuilder:
-        return FactBuilder(self.book.terminology, self.book.records, now, latest_observations_only=self._latest_only)
+    def _builder(self, now: datetime | None, all_facts: bool = False) -> FactBuilder:
+        return FactBuilder(self.book.terminology, self.book.records, now, latest_observations_only=self._latest_only,
+                           need_vs=frozenset() if all_facts else self._need_vs)
 
     def warm_up(self) -> Evaluation:
         """One evaluation of a synthesized TPI order, so that the first real call does not pay for lazy
@@ -183,8 +187,12 @@ class Evaluator:
         chosen = {id(loc) for ranked in by_vs.values() for loc in newest(ranked)}
         return [loc for loc, _ in labs if id(loc) in chosen]
 
-    def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
-        """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request)."""
+    def evaluate_document(self, doc: Document, *, gaps=(), checked=(), now: datetime | None = None,
+                          all_facts: bool = False) -> Evaluation:
+        """Evaluate one read document (bundle, resource, NDJSON or CDS Hooks request).
+
+        all_facts: build a fact of every record read, also those no rule could match (for `explain`,
+        which shows the nearest candidates of a rule that did not fire); the cards are the same."""
         started = time.perf_counter()
         doc = doc.with_drafts(self.is_tpi)
         skipped: list[str] = []
@@ -203,7 +211,7 @@ class Evaluator:
             (inputs.drafts if id(loc) in draft_ids else inputs.record).append(loc.resource)
             if loc.full_url:
                 inputs.full_urls.setdefault(loc.full_url, loc.resource)
-        builder = self._builder(now)
+        builder = self._builder(now, all_facts)
         facts = builder.build(inputs)
         matches = self._match(facts)
         findings = collect(matches, self.book.rules)

@@ -150,12 +150,28 @@ def compile_template(source: str, kind: str = "markdown"):
     return environment(kind).from_string(source)
 
 
+@functools.lru_cache(maxsize=2048)
+def _prepared(source: str, kind: str):
+    """The compiled template and its globals as one plain dict (Template.render merges them into every
+    context through a ChainMap, a third of a short template's rendering time)."""
+    template = compile_template(source, kind)
+    return template, dict(template.globals)
+
+
 def render(source: str, context: dict, kind: str = "markdown") -> str:
     """Render a rule template; every printed value is made safe for `kind` (markdown, text, raw)."""
     if "{" not in source:  # no expression, statement or comment: the rule author's text as it is
         text = source.strip()
     else:
-        text = compile_template(source, kind).render(context).strip()
+        # what Template.render does, with the globals merged from a plain dict (Jinja2 API:
+        # new_context(shared=True) takes the variables as given, globals included)
+        template, template_globals = _prepared(source, kind)
+        env = template.environment
+        try:
+            text = env.concat(template.root_render_func(template.new_context({**template_globals, **context}, shared=True)))
+        except Exception:
+            env.handle_exception()
+        text = text.strip()
     return MarkdownSafe(text) if kind == "markdown" else text
 
 

@@ -6,6 +6,8 @@ import copy
 
 import pytest
 
+from cds_tpi.fhir.read import read_object
+
 from .conftest import NOW
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -116,3 +118,30 @@ def test_contained_medication_and_reference(evaluator):
 def test_same_input_same_rule_ids(evaluator):
     req = _request(medicationRequests=None, allergies=None, conditions=_searchset(_condition()))
     assert evaluator.evaluate_request(req, now=NOW).rule_ids == evaluator.evaluate_request(copy.deepcopy(req), now=NOW).rule_ids
+
+
+def test_records_no_rule_could_match_are_counted_not_built(evaluator):
+    """A record of a type every rule pattern needs a value set for (condition, medication, allergy,
+    procedure) that no value set knows is counted in the inventory but not built into a fact (speed:
+    no rule could match it); `explain` asks for every fact (all_facts) and the cards are the same."""
+    sct = "http://snomed.info/sct"
+    hypertension = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                    "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                    "code": {"coding": [{"system": sct, "code": "38341003", "display": "Hypertension"}]}}
+    lisinopril = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+                  "subject": {"reference": "Patient/p1"},
+                  "medicationCodeableConcept": {"coding": [{"system": RX, "code": "314076", "display": "lisinopril 10 MG Oral Tablet"}]}}
+    warfarin = dict(lisinopril, id="m2", medicationCodeableConcept=WARFARIN)
+    request = _request(conditions=_searchset(hypertension), medicationRequests=_searchset(lisinopril, warfarin))
+    lean = evaluator.evaluate_request(copy.deepcopy(request), now=NOW)
+    full = evaluator.evaluate_document(read_object(copy.deepcopy(request)), now=NOW, all_facts=True)
+    refs = lambda ev: {f.get("ref") for f in ev.facts}  # noqa: E731
+    assert "Condition/c1" not in refs(lean) and "MedicationRequest/m1" not in refs(lean)
+    assert "MedicationRequest/m2" in refs(lean)  # warfarin: a rule can match it
+    assert {"Condition/c1", "MedicationRequest/m1", "MedicationRequest/m2"} <= refs(full)
+    inventory = lambda ev: next(f for f in ev.facts if f["t"] == "inventory")  # noqa: E731
+    assert inventory(lean)["conditions"] == inventory(full)["conditions"] == 1
+    assert inventory(lean)["medications"] == inventory(full)["medications"] == 2
+    strip = lambda ev: [{k: v for k, v in c.items() if k != "uuid" and k != "suggestions"} for c in ev.cards]  # noqa: E731
+    assert "anticoagulant" in lean.rule_ids
+    assert strip(lean) == strip(full)

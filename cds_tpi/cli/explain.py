@@ -52,7 +52,7 @@ def explain(paths, rule_id, fmt, injectate, sites, now_text, fhir_version, rules
                 doc, note = add_order(doc, evaluator, injectate, sites)
                 if note:
                     click.echo(f"{name}: note: {note}", err=True)
-            result = evaluator.evaluate_document(doc, gaps=gaps, now=now)
+            result = evaluator.evaluate_document(doc, gaps=gaps, now=now, all_facts=True)
         except (OSError, CdsTpiError) as e:
             message = f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else e.message
             click.echo(f"{name}: error: {message}", err=True)

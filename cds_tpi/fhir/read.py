@@ -98,17 +98,17 @@ def read_bytes(data: bytes, name: str = "<stdin>", max_bytes: int = DEFAULT_MAX_
     """Parse bytes into a Document, or raise InputError with one clear sentence."""
     if len(data) > max_bytes:
         raise InputError(f"input is {len(data):,} bytes, over the limit of {max_bytes:,}", name)
-    if not data.strip():
+    if not data or data.isspace():  # (no copies of the input: it may be megabytes)
         raise InputError("input is empty", name)
-    if b"\x00" in data[:8192]:
+    if data.find(b"\x00", 0, 8192) != -1:
         raise InputError("input is binary data, not JSON", name)
     try:
-        text_ok = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"input is not UTF-8 text (byte {e.start})", name) from None
-    try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(data)  # orjson refuses text that is not UTF-8: decoded below only then
     except orjson.JSONDecodeError as first_error:
+        try:
+            text_ok = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"input is not UTF-8 text (byte {e.start})", name) from None
         lines = [(n, ln) for n, ln in enumerate(text_ok.splitlines(), 1) if ln.strip()]
         if len(lines) > 1 and _is_json_line(lines[0][1]):
             return _read_ndjson(lines, name)
@@ -181,13 +181,18 @@ def _collect(obj: Any, where: str, out: list[Located], full_url: str | None = No
         if not isinstance(entries, list):
             out.append(Located(where or "$", obj, full_url))
             return
+        prefix = f"{where}.entry[" if where else "entry["
         for i, entry in enumerate(entries):
-            loc = f"{where}.entry[{i}]" if where else f"entry[{i}]"
             if not isinstance(entry, dict) or "resource" not in entry:
                 # An entry without a resource (e.g. a DELETE in a transaction) carries no data.
                 continue
-            fu = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
-            _collect(entry["resource"], loc, out, fu)
+            fu = entry.get("fullUrl")
+            r = entry["resource"]
+            loc = f"{prefix}{i}]"
+            if isinstance(r, dict) and r.get("resourceType") != "Bundle":  # the usual entry, without a call
+                out.append(Located(loc, r, fu if isinstance(fu, str) else None))
+            else:
+                _collect(r, loc, out, fu if isinstance(fu, str) else None)
         return
     out.append(Located(where or "$", obj, full_url))
 

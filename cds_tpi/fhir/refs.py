@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _TYPE_ID = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -18,8 +19,19 @@ def ref_key(resource: dict) -> str | None:
 
 def normalize(reference: str) -> str:
     """`Type/id` for relative or absolute references; other strings unchanged."""
+    if len(reference) > 256:  # (not memoised: a huge string must not be pinned in memory)
+        return _normalize(reference)
+    return _normalize_memo(reference)
+
+
+def _normalize(reference: str) -> str:
     m = _TYPE_ID.search(reference)
     return f"{m.group(1)}/{m.group(2)}" if m else reference
+
+
+# The same fullUrls and references come back with every call about a patient (order-select, then
+# order-sign); the regex search is most of a ResourceIndex.add.
+_normalize_memo = functools.lru_cache(maxsize=8192)(_normalize)
 
 
 class ResourceIndex:
