@@ -1,6 +1,8 @@
 """Local anesthetics other than lidocaine (ropivacaine, mepivacaine, bupivacaine): each has its own
 maximum (rules/records.yaml anesthetic_limits), a product coded only by its RxNorm code is converted
-from mL to mg with THAT anesthetic's own strength, and all of them add up in the combined load."""
+from mL to mg with THAT anesthetic's own strength, and all of them add up in the combined load. The
+code-only property test also runs over every lidocaine product (Xylocaine SBDs included), and an
+anesthetic with no maximum (chloroprocaine) is recognised but never given a guessed dose or limit."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from cds_tpi.ruleset import load_rulebook
 from .conftest import RULES
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
-AGENTS = ("ropivacaine", "mepivacaine", "bupivacaine")
+AGENTS = ("ropivacaine", "mepivacaine", "bupivacaine", "lidocaine")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def _doses(book, product, ml):
 
 
 def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(book):
-    """For every RxNorm product of the ropivacaine / mepivacaine / bupivacaine value sets whose name
+    """For every RxNorm product of the ropivacaine / mepivacaine / bupivacaine / lidocaine value sets whose name
     gives a strength: coded only by its code (no display, no text, no ingredients), 9 mL is 9 x the
     mg/mL written next to that anesthetic in the name, never the epinephrine's, the fentanyl's, the
     pack volume ('100 ML ...') or another number. A product of two anesthetics (bupivacaine +
@@ -62,6 +64,36 @@ def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(bo
     # 1012108 (VSAC 1021.73): valuesets/README.md "Product codes (issue 7)"
     assert {"1012792", "1734478", "1734348", "1724884", "1725082", "1233685", "1233686", "1233687",
             "1012108"} <= set(checked)
+    # Xylocaine SBDs 1010035, 1737563, 1737567, 1737569, Xylocaine with Epinephrine 1010755, 1010763,
+    # 1010844 (40 MG/ML) and 1737744 (500 ML ... 4 MG/ML: 4, not 500) from the MIMIC-IV map
+    assert {"1010035", "1737563", "1737567", "1737569", "1010755", "1010763", "1010844", "1737744"} <= set(checked)
+
+
+@pytest.mark.parametrize("code,want", [("1010755", 90), ("1010763", 180)])
+def test_xylocaine_with_epinephrine_code_only_is_lidocaine_with_epinephrine(book, code, want):
+    """Xylocaine with Epinephrine SBDs (MIMIC-IV map) coded only by the code: 9 mL is lidocaine's own
+    10 / 20 mg/mL, never epinephrine's 0.01 mg/mL, and the with-epinephrine limit applies."""
+    term = book.terminology
+    vs = term.match([(RX, code)], []).all
+    assert {"lidocaine", "epinephrine", "local-anesthetics-amide", "local-anesthetics"} <= vs
+    name = term.display_of(RX, code)
+    doses = [d for d in _doses(book, planned.Product("", vs, (name,)), 9) if d.agent]
+    assert [(d.agent.valueset, d.mg, d.with_vasoconstrictor) for d in doses] == [("lidocaine", pytest.approx(want), True)]
+
+
+def test_chloroprocaine_code_only_is_a_local_anesthetic_without_a_maximum(book):
+    """Nesacaine 1794186 '20 ML chloroprocaine hydrochloride 20 MG/ML Injection [Nesacaine]' (MIMIC-IV
+    map), coded only by its code: an ester local anesthetic of the injectate (never an unrecognised
+    medication); the dose policy has no chloroprocaine maximum, so it is one dose with no agent and no
+    mg (missing-data names it) - never checked against another anesthetic's limit, never 20 x mL."""
+    term = book.terminology
+    limited = {a.valueset for a in book.records.anesthetic_limits.agents}
+    vs = term.match([(RX, "1794186")], []).all
+    assert {"local-anesthetics-ester", "local-anesthetics"} <= vs and not vs & limited
+    name = term.display_of(RX, "1794186")
+    assert name == "20 ML chloroprocaine hydrochloride 20 MG/ML Injection [Nesacaine]"
+    doses = _doses(book, planned.Product("", vs, (name,)), 9)
+    assert [(d.agent, d.mg) for d in doses] == [(None, None)]
 
 
 @pytest.mark.parametrize("code,agent", [("35780", "ropivacaine"), ("1815", "bupivacaine"),

@@ -101,6 +101,65 @@ def test_combination_products_carry_their_real_rxnorm_name(term):
     assert names["1010759"] == "epinephrine 0.01 MG/ML / lidocaine hydrochloride 20 MG/ML Injectable Solution"
 
 
+# -- MIMIC-IV prescriptions_to_rxnorm map (MIT-LCP/mimic-code, commit d5670099...): codes added with their
+# RxNorm names (rules/valuesets/README.md "Product codes (issue 7)"). Each, coded alone with no display
+# and no text, is in its value set; the flush products are flushes and never anticoagulants.
+MIMIC_ADDED = {
+    "p2y12-inhibitors": ["1656061"],                                    # cangrelor 50 MG Injection [Kengreal]
+    "heparin-flush": ["1362063", "1362049"],                            # heparin 100 / 10 UNT/ML flush syringes
+    "corticosteroids": ["197577", "197580", "197581", "197582", "309686", "309684",       # dexamethasone
+                        "259966", "197973", "207136", "314099", "207193", "207191",       # methylprednisolone
+                        "1743707", "1743722", "1357888",                                  # [Solu-Medrol]
+                        "197787", "197783", "208680", "105398", "1738596",                # hydrocortisone
+                        "283077",                                                         # prednisolone
+                        "198144", "198146", "198145", "312615", "198148", "205301"],      # prednisone
+    "lidocaine": ["1010035", "1737569", "1737567", "1737563", "1010844", "1737744", "1010755", "1010763"],
+    "epinephrine": ["1010755", "1010763"],                              # [Xylocaine with Epinephrine]
+    "local-anesthetics-ester": ["1794186"],                             # chloroprocaine [Nesacaine]
+    "diabetes-medications": ["861007", "861010", "860981", "310488", "310490", "310489", "314006", "315107",
+                             "310534", "310537", "199245", "199246", "153845", "317573", "312441", "665036",
+                             "665044", "1545664", "1545668", "1486977", "200257", "200258", "213218", "199149",
+                             "311036", "311033", "351859", "2179749", "311026", "311027", "977842", "351926",
+                             "752388", "731281", "616238", "285018", "1670016", "1670023"],
+}
+MIMIC_CASES = [(vs, code) for vs, codes in MIMIC_ADDED.items() for code in codes]
+
+
+@pytest.mark.parametrize("vs,code", MIMIC_CASES, ids=[f"{v}-{c}" for v, c in MIMIC_CASES])
+def test_mimic_iv_codes_alone_match_their_value_set(term, vs, code):
+    got = _sets(term, RX, code)
+    assert vs in got, (code, sorted(got))
+    assert term.display_of(RX, code), code                  # named, so a card and a strength can use it
+    if vs in ("lidocaine", "local-anesthetics-ester"):
+        assert "local-anesthetics" in got
+
+
+def test_mimic_iv_flush_syringes_are_flushes_not_anticoagulants(term):
+    """Code-only heparin 100 and 10 units/mL flush syringes: in heparin-flush by code; their name's word
+    'heparin' matches anticoagulants by text only, which the anticoagulant rule ignores for a flush."""
+    for code in MIMIC_ADDED["heparin-flush"]:
+        got = term.match([(RX, code)], [term.display_of(RX, code)])
+        assert "heparin-flush" in got.by_code and "anticoagulants" not in got.by_code, code
+
+
+def test_mimic_iv_displays_are_the_maps_rxnorm_names(term):
+    names = {code: display for system, code, display in term.defs["p2y12-inhibitors"].displays if system == RX}
+    assert names["1656061"] == "cangrelor 50 MG Injection [Kengreal]"
+    names = {code: display for system, code, display in term.defs["lidocaine"].displays if system == RX}
+    assert names["1010763"] == ("epinephrine 0.01 MG/ML / lidocaine hydrochloride 20 MG/ML Injectable Solution"
+                                " [Xylocaine with Epinephrine]")
+    assert names["1737744"] == "500 ML lidocaine hydrochloride 4 MG/ML Injection"
+
+
+def test_topical_and_mucosal_forms_stay_out_of_the_injectate_and_steroid_sets(term):
+    """Seen in the same map and left out on purpose (valuesets/README.md): a lidocaine patch or jelly is no
+    TPI injectate, a topical or eye-drop steroid is outside the systemic scope of corticosteroids."""
+    for code in ("1745091", "1011852", "1010739"):          # lidocaine patch, jelly, viscous
+        assert not {"lidocaine", "local-anesthetics"} & _sets(term, RX, code), code
+    for code in ("1085636", "205669", "1376336"):           # triamcinolone ointment, dexamethasone / prednisolone eye drops
+        assert "corticosteroids" not in _sets(term, RX, code), code
+
+
 # -- heparin lock flush --------------------------------------------------------------------------------
 FLUSH_CODES = ["1362060", "1362062", "1658690", "1658692"]
 
