@@ -466,7 +466,7 @@ class FactBuilder:
         q = r.get("valueQuantity")
         if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
             raw, comparator = float(q["value"]), q.get("comparator")
-            units = [u.strip() for u in (q.get("code"), q.get("unit")) if isinstance(u, str) and u.strip()]
+            units = planned.quantity_units(q, self.policy)  # a UCUM or mapped code (records.yaml unit_codes), its text
             shown = f"{q.get('comparator') or ''}{q['value']} {q.get('unit') or q.get('code') or ''}".strip()
         elif isinstance(r.get("valueString"), str):
             shown = r["valueString"].strip()

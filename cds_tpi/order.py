@@ -95,15 +95,37 @@ def _ratio_mg_per_ml(strength, policy: RecordPolicy) -> float | None:
     num, den = strength.get("numerator"), strength.get("denominator") or {}
     if not isinstance(num, dict) or not isinstance(num.get("value"), (int, float)) or isinstance(num.get("value"), bool):
         return None
-    nunit = str(num.get("code") or num.get("unit") or "")
-    if nunit == "%":
+    nunits = quantity_units(num, policy)
+    if "%" in nunits:
         return float(num["value"]) * PERCENT_MG_PER_ML
-    factor = _unit_factor(policy.dose_units, nunit)
+    factor = next((f for f in (_unit_factor(policy.dose_units, u) for u in nunits) if f is not None), None)
     dvalue = den.get("value", 1) if isinstance(den, dict) else None
-    dfactor = _unit_factor(policy.volume_units, str(den.get("code") or den.get("unit") or "")) if isinstance(den, dict) else None
+    dfactor = (next((f for f in (_unit_factor(policy.volume_units, u) for u in quantity_units(den, policy)) if f is not None), None)
+               if isinstance(den, dict) else None)
     if factor is None or dfactor is None or not isinstance(dvalue, (int, float)) or not dvalue:
         return None
     return float(num["value"]) * factor / (float(dvalue) * dfactor)
+
+
+def quantity_units(q, policy: RecordPolicy) -> list[str]:
+    """The units a FHIR Quantity is written in, the coded one first: its `code` when its system is UCUM
+    or absent; a code of another system only through records.yaml unit_codes (Cerner's SNOMED CT
+    258773002 is mL; a code no table knows is not a unit); then its `unit` text, always."""
+    if not isinstance(q, dict):
+        return []
+    out: list[str] = []
+    code, system = q.get("code"), q.get("system")
+    if isinstance(code, str) and code.strip():
+        if system is None or system == UCUM:
+            out.append(code.strip())
+        elif isinstance(system, str):
+            mapped = (policy.unit_codes.get(system) or policy.unit_codes.get(system.rstrip("/")) or {}).get(code.strip())
+            if mapped:
+                out.append(mapped)
+    unit = q.get("unit")
+    if isinstance(unit, str) and unit.strip() and unit.strip() not in out:
+        out.append(unit.strip())
+    return out
 
 
 def _unit_factor(table: dict, unit: str) -> float | None:
@@ -243,19 +265,27 @@ def ordered_dose(request: dict, policy: RecordPolicy) -> Dose:
             q = _quantity(dr)
             if q is None:
                 continue
-            unit = str(q.get("code") or q.get("unit") or "")
-            text = f"{q['value']:g} {q.get('unit') or unit}".strip()
-            mass = _unit_factor(policy.dose_units, unit)
-            volume = _unit_factor(policy.volume_units, unit)
-            if mass is not None:
-                value = round(float(q["value"]) * mass, 3)
-                if mg is None or value > mg:
-                    mg, mg_text = value, text
-            elif volume is not None:
-                value = float(q["value"]) * volume
-                if ml is None or value > ml:
-                    ml, ml_text = value, text
-            elif not unknown:
+            # every unit the quantity is written in (its UCUM or mapped code, its unit text): a code and a
+            # text that disagree (mg and mL) give both, and the larger dose counts (agent_doses)
+            units = quantity_units(q, policy)
+            shown = q.get("unit") if isinstance(q.get("unit"), str) and q["unit"].strip() else (
+                units[0] if units else (f"{str(q.get('system') or '').rsplit('/', 1)[-1]} {q.get('code') or ''}".strip()))
+            text = f"{q['value']:g} {shown}".strip()
+            read = False
+            for unit in units:
+                mass = _unit_factor(policy.dose_units, unit)
+                volume = _unit_factor(policy.volume_units, unit)
+                if mass is not None:
+                    read = True
+                    value = round(float(q["value"]) * mass, 3)
+                    if mg is None or value > mg:
+                        mg, mg_text = value, text
+                elif volume is not None:
+                    read = True
+                    value = float(q["value"]) * volume
+                    if ml is None or value > ml:
+                        ml, ml_text = value, text
+            if not read and not unknown:
                 unknown = text
         if mg is not None or ml is not None:
             lines.append(DoseLine(mg, ml, mg_text, ml_text))
@@ -489,5 +519,5 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
     return out
 
 
-__all__ = ["is_tpi", "is_tpi_order", "Product", "Dose", "ordered_dose", "agent_strength", "agent_doses", "dose_facts",
+__all__ = ["is_tpi", "is_tpi_order", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
            "strengths_in", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]

@@ -145,3 +145,31 @@ def test_records_no_rule_could_match_are_counted_not_built(evaluator):
     strip = lambda ev: [{k: v for k, v in c.items() if k != "uuid" and k != "suggestions"} for c in ev.cards]  # noqa: E731
     assert "anticoagulant" in lean.rule_ids
     assert strip(lean) == strip(full)
+
+
+def _facts_of(*resources):
+    from cds_tpi.facts import FactBuilder, Inputs
+    from cds_tpi.ruleset import load_rulebook
+
+    from .conftest import RULES
+    book = load_rulebook(RULES)
+    return FactBuilder(book.terminology, book.records, NOW).build(Inputs(record=[PATIENT, *resources]))
+
+
+def _lab(code, **value):
+    return {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": "2026-11-20", **value}
+
+
+@pytest.mark.parametrize("quantity,kg", [
+    ({"value": 60, "system": "http://snomed.info/sct", "code": "258683005"}, 60.0),                 # kilogram, code only
+    ({"value": 60, "unit": "kg", "system": "http://snomed.info/sct", "code": "258683005"}, 60.0),
+    ({"value": 60000, "unit": "g", "system": "http://snomed.info/sct", "code": "258682000"}, 60.0),
+])
+def test_observation_units_coded_in_snomed_are_read_like_dose_units(quantity, kg):
+    """One reading of a Quantity's unit for doses and results (order.quantity_units): a SNOMED CT unit
+    code through records.yaml unit_codes, never the code itself as the unit."""
+    facts = _facts_of(_lab("29463-7", valueQuantity=quantity))
+    obs = next(f for f in facts if f["t"] == "observation")
+    assert (obs.get("value"), obs.get("unit")) == (kg, "kg")
+    assert not [f for f in facts if f["t"] == "gap"]

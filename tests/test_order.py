@@ -377,3 +377,58 @@ def test_based_on_by_full_url_and_absolute_reference(evaluator):
     mr2 = dict(mr, basedOn=[{"reference": "https://ehr.example.org/fhir/ServiceRequest/tpi"}])
     doc = _doc(PATIENT, WEIGHT, TPI, mr2).with_drafts(evaluator.is_tpi)
     assert mr2 in [loc.resource for loc in doc.draft_orders]
+
+
+SCT = "http://snomed.info/sct"
+
+
+@pytest.mark.parametrize("quantity,mg,ml", [
+    # Cerner / Oracle Health: the unit coded in SNOMED CT, the human unit as text (records.yaml unit_codes)
+    ({"value": 25, "unit": "mL", "system": SCT, "code": "258773002"}, None, 25),
+    ({"value": 400, "unit": "mg", "system": SCT, "code": "258684004"}, 400, None),
+    ({"value": 0.5, "system": SCT, "code": "258682000"}, 500, None),          # gram, code only
+    ({"value": 250, "system": SCT, "code": "258685003"}, 0.25, None),         # microgram, code only
+    ({"value": 0.02, "system": SCT, "code": "258770004"}, None, 20),          # litre, code only
+    # a SNOMED code no table knows: the unit text is still read
+    ({"value": 20, "unit": "mL", "system": SCT, "code": "999999999"}, None, 20),
+    # a UCUM code, or a code with no system, is a unit
+    ({"value": 20, "code": "mL"}, None, 20),
+    ({"value": 20, "system": UCUM, "code": "mg"}, 20, None),
+    # a code of a system that is neither UCUM nor in unit_codes is not a unit; its text is
+    ({"value": 20, "unit": "mL", "system": "urn:oid:2.16.840.1.113883.6.999", "code": "mg"}, None, 20),
+])
+def test_dose_units_are_read_from_a_ucum_or_mapped_code_and_the_unit_text(book, quantity, mg, ml):
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [{"doseQuantity": quantity}]}), book.records)
+    assert (dose.mg, dose.ml) == (mg, ml)
+
+
+def test_a_snomed_unit_code_is_never_read_as_the_unit_itself(book):
+    # the audit's a01: 25 mL of 2 % lidocaine coded 258773002 was "no usable dose"; it is 500 mg
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [{"doseQuantity": {
+        "value": 25, "unit": "mL", "system": SCT, "code": "258773002"}}]}), book.records)
+    p = _product(book, ["lidocaine hydrochloride 20 MG/ML Injectable Solution"])
+    (d,) = planned.agent_doses(p, dose, "MedicationRequest/x", book.terminology, book.records)
+    assert d.mg == 500 and dose.text == "25 mL"
+    # an unknown SNOMED unit with no text: unread, and named with its code (not silently 0)
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [{"doseQuantity": {"value": 2, "system": SCT, "code": "732936001"}}]}),
+                                book.records)
+    assert dose.mg is None and dose.ml is None and "732936001" in dose.text
+
+
+def test_a_code_and_a_unit_text_that_disagree_count_the_larger_dose(book):
+    dose = planned.ordered_dose(_dosed({"doseAndRate": [{"doseQuantity": {
+        "value": 25, "unit": "mL", "system": SCT, "code": "258684004"}}]}), book.records)
+    assert (dose.mg, dose.ml) == (25, 25)
+    p = _product(book, ["lidocaine 2% injection"])
+    (d,) = planned.agent_doses(p, dose, "MedicationRequest/x", book.terminology, book.records)
+    assert d.mg == 500
+
+
+def test_dose_range_and_ingredient_strength_read_snomed_units_too(book):
+    rng = {"doseRange": {"low": {"value": 5, "unit": "mL", "system": SCT, "code": "258773002"},
+                         "high": {"value": 30, "unit": "mL", "system": SCT, "code": "258773002"}}}
+    assert planned.ordered_dose(_dosed({"doseAndRate": [rng]}), book.records).ml == 30
+    strength = {"numerator": {"value": 10, "system": SCT, "code": "258684004"},
+                "denominator": {"value": 1, "system": SCT, "code": "258773002"}}
+    p = _product(book, ["Xylocaine"], [("lidocaine", strength)])
+    assert planned.agent_strength(p, "lidocaine", set(), book.terminology, book.records) == (10.0, "ingredient strength")

@@ -147,3 +147,16 @@ def test_rulebook_issues_are_data(rules_copy):
     assert issue.location.file == str(p) and issue.location.line == 18 and issue.severity == "error"
     assert issue.location.pointer[:3] == ("when", 1, "match")
     assert str(issue) == f"{p}:18: unknown param 'inr_maximum' (declare it under params)"
+
+
+def test_lint_refuses_a_coded_unit_no_table_converts(rules_copy):
+    path = rules_copy / "records.yaml"
+    text = path.read_text()
+    old = '"258773002": mL'
+    assert old in text
+    path.write_text(text.replace(old, '"258773002": millilitre', 1))
+    line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if '"258773002"' in ln)
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    assert any(ln.startswith(f"{path}:{line}:") and "'millilitre' is in no dose_units" in ln
+               for ln in result.output.splitlines()), result.output

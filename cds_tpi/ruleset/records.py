@@ -23,6 +23,9 @@ _SCHEMA = {
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "dose_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
         "volume_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+        # coded units of systems other than UCUM: system -> code -> the UCUM unit it names
+        "unit_codes": {"type": "object", "additionalProperties": {
+            "type": "object", "additionalProperties": {"type": "string", "minLength": 1}}},
         "acute_conditions": {
             "type": "object", "additionalProperties": False, "required": ["valuesets", "window_days"],
             "properties": {"valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
@@ -133,6 +136,7 @@ class RecordPolicy:
     acute_window_days: int | None = None
     anesthetic_limits: AnestheticLimits | None = None
     observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?}
+    unit_codes: dict = field(default_factory=dict)           # system -> code -> UCUM unit (SNOMED CT 258773002 -> mL)
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
         return self.resources.get(resource_type, _ANY)
@@ -169,6 +173,15 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         if terminology is None or terminology.resolve(name) is None:
             errors.append(f"{path}:{line_of(doc, where)}: unknown value set '{name}'")
             bad = True
+    # a coded unit must name a unit some table converts (dose, volume or observation units)
+    known_units = (set(doc["dose_units"]) | set(doc.get("volume_units", {})) | set(doc["observation_units"])
+                   | {c["unit"] for c in doc["observation_units"].values()})
+    for system, codes in doc.get("unit_codes", {}).items():
+        for code, unit in codes.items():
+            if unit not in known_units:
+                errors.append(f"{path}:{line_of(doc, ['unit_codes', system, code])}: unit_codes/{system}/{code}: "
+                              f"'{unit}' is in no dose_units, volume_units or observation_units table")
+                bad = True
     if bad:
         return None
     plain = to_plain(doc)
@@ -211,4 +224,5 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
         anesthetic_limits=limits,
         observation_values={resolve(n): v for n, v in plain.get("observation_values", {}).items()},
+        unit_codes=plain.get("unit_codes", {}),
     )
