@@ -14,6 +14,7 @@ from datetime import date, datetime, timezone
 from . import order as planned
 from .fhir.datatypes import codeable as _codeable, coding_code as _coding_code, display as _display, parse_date, printable as _printable
 from .fhir.refs import ResourceIndex, ref_key
+from .fhir.text import bounded_text
 from .ruleset.records import RecordPolicy, ResourcePolicy
 from .terminology import Terminology, compile_cues
 
@@ -101,6 +102,23 @@ def observation_date(r: dict) -> date | None:
     period = r.get("effectivePeriod")
     return parse_date(r.get("effectiveDateTime") or _get(period, "end") or _get(period, "start")
                       or r.get("effectiveInstant") or r.get("issued"))
+
+
+def _condition_dates(r: dict) -> list[date]:
+    """A Condition's dates: onsetDateTime, onsetPeriod start and end, recordedDate."""
+    period = r.get("onsetPeriod") if isinstance(r.get("onsetPeriod"), dict) else {}
+    return [d for d in (parse_date(v) for v in (r.get("onsetDateTime"), period.get("start"), period.get("end"),
+                                                 r.get("recordedDate"))) if d is not None]
+
+
+def _latest(dates: list[date]) -> date | None:
+    return max(dates) if dates else None
+
+
+def _procedure_date(r: dict) -> date | None:
+    """When a Procedure was done (R4 performed[x], R5 occurrence[x]; a period's start)."""
+    return parse_date(r.get("performedDateTime") or _get(r.get("performedPeriod"), "start")
+                      or r.get("occurrenceDateTime") or _get(r.get("occurrencePeriod"), "start"))
 
 
 def _categories(r: dict) -> list[str]:
@@ -296,7 +314,8 @@ class FactBuilder:
         counts = dict(medications=0, allergies=0, conditions=0, procedures=0, observations=0, patient=0, orders=0, injectates=0, sites=0)
         for rt, n in inputs.unread.items():  # records given but not read (no rule could match them)
             counts[COUNTED_AS[rt]] += n
-        administrations = [r for r in record if r.get("resourceType") == "MedicationAdministration"]
+        administered = self._administrations(record)
+        own_tpis = {id(a): info for a, info, parent in administered if info is not None and parent is None}
         for r in record:
             rt = r.get("resourceType")
             if rt == "Patient":
@@ -321,8 +340,9 @@ class FactBuilder:
             elif rt == "Procedure":
                 counts["procedures"] += 1
                 if self._current(r):
-                    self._procedure(r, administrations)
-            elif rt == "MedicationAdministration" and self._current(r) and self._administered_tpi(r):
+                    self._procedure(r, [a for a, _, parent in administered if parent is not None and parent == ref_key(r)])
+            elif rt == "MedicationAdministration" and id(r) in own_tpis:  # a TPI of its own, not read with a Procedure
+                self._administered_tpi(r, own_tpis[id(r)])
                 counts["procedures"] += 1
         self._build_observations()
         orders, injectates = self._orders(drafts)
@@ -355,15 +375,15 @@ class FactBuilder:
         codes, texts = _codeable(r.get("code"))
         # A negation cue in the text only stops a TEXT match; a coded match always counts.
         vs, text_only = self._member(codes, self._affirmed(texts))
+        if set(vs) & set(self.policy.allergy_condition_valuesets):
+            self._allergy_status(r, codes, texts, self._name(codes, texts, "condition"),
+                                 condition_record(r, _latest(_condition_dates(r))))
         if not vs and "condition" in self.need_vs:
             return
         name = self._name(codes, texts, "condition")
         # Dated by its LATEST date (onset, onset period, recorded date): an encounter diagnosis recorded
         # two days ago with an onset 70 days back is a current problem, not history (records.yaml).
-        period = r.get("onsetPeriod") if isinstance(r.get("onsetPeriod"), dict) else {}
-        dates = [d for d in (parse_date(v) for v in (r.get("onsetDateTime"), period.get("start"), period.get("end"),
-                                                      r.get("recordedDate"))) if d is not None]
-        onset = max(dates) if dates else None
+        onset = _latest(_condition_dates(r))
         age = self._age_days(onset)
         if (_coding_code(r.get("clinicalStatus")) is None and self.policy.acute_window_days is not None
                 and age is not None and age > self.policy.acute_window_days and set(vs) & set(self.policy.acute_valuesets)):
@@ -395,16 +415,45 @@ class FactBuilder:
         return d.title.removeprefix("Region: ") if d is not None else region
 
     def _allergy(self, r: dict) -> None:
-        codes, texts = _codeable(r.get("code"))
+        own_codes, own_texts = _codeable(r.get("code"))
+        codes, texts, said = list(own_codes), list(own_texts), []
         for reaction in r.get("reaction") or []:
+            if not isinstance(reaction, dict):
+                continue
             c, t = _codeable(reaction.get("substance"))
             codes += c
             texts += t
-        vs, text_only = self._member(codes, texts)
+            # what the reaction was to, as written ("hives and throat tightness after lidocaine at the
+            # dentist"): EHRs record an allergen "Other" and say the drug only here
+            if isinstance(reaction.get("description"), str) and reaction["description"].strip():
+                said.append(bounded_text(reaction["description"].strip()))
+        notes = self._note_texts(r)
+        described = self._affirmed([c for d in said for c in _CLAUSES.split(d)]) + notes
+        vs, text_only = self._member(codes, texts + described)
         if not vs and "allergy" in self.need_vs:
             return
-        self._emit("allergy", ref=ref_key(r) or "", name=_display(r.get("code"), "allergy"), vs=vs, text_only=text_only,
+        name = self._name(own_codes, own_texts, "allergy")
+        if described and set(vs) - set(self._member(codes, texts)[0]):
+            # the drug is named only in the reaction's description or a note: the card says where
+            words = " ".join((said[0] if said else notes[0]).split())
+            name += f" (reaction recorded: {words if len(words) <= 120 else words[:119].rstrip() + '…'})"
+        self._emit("allergy", ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
                    criticality=r.get("criticality", "unknown"),
+                   verification=_coding_code(r.get("verificationStatus")) or "unknown",
+                   status=_coding_code(r.get("clinicalStatus")) or "unknown")
+
+    def _allergy_status(self, r: dict, codes: list, texts: list[str], name: str, recorded_as: str) -> None:
+        """An allergy recorded on the problem list (a Condition in records.yaml allergy_condition_valuesets:
+        ICD-10-CM Z88.x 'Allergy status to ...', Z91.040 'Latex allergy status', 'Allergy to lidocaine'):
+        an allergy fact as well, so the allergy rules see it; the card names it as the record it is."""
+        vs, text_only = self._member(codes, self._affirmed(texts))
+        if not set(vs) & set(self.policy.allergy_condition_valuesets):
+            return
+        vs = [v for v in vs if v not in self.policy.allergy_condition_valuesets]
+        if not vs and "allergy" in self.need_vs:
+            return
+        self._emit("allergy", ref=ref_key(r) or "", name=f"{name} ({recorded_as.split(',')[0]}, not the allergy list)",
+                   vs=vs, text_only=[v for v in text_only if v in vs], criticality="unknown",
                    verification=_coding_code(r.get("verificationStatus")) or "unknown",
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 
@@ -457,6 +506,31 @@ class FactBuilder:
             return {"unit": target, "factor": factor}
         return None
 
+    def _number_text(self, text: str):
+        """A result written as text, without the abnormal flags a lab prints beside it (records.yaml
+        result_flags: "3.4 H", "38 L x10(3)/mcL", "H 3.4", "45 K/uL (H)", "2.1*"): a _NUMBER match of
+        (comparator, number, unit or None), or None when it is not a number."""
+        flags = self.policy.result_flags
+
+        def flag(token: str) -> bool:
+            t = token.lower()
+            return t in flags or t.strip("()[]") in flags
+
+        tokens = text.split()
+        while tokens and flag(tokens[0]):
+            tokens.pop(0)
+        m = _NUMBER.match(" ".join(tokens))
+        if not m or not m[3]:
+            return m
+        rest = []
+        for token in m[3].split():
+            if not flag(token):
+                # a mark stuck to the unit ("K/uL*"): the unit without it
+                stripped = token.rstrip("*!") if "*" in flags or "!" in flags else token
+                rest.append(stripped or token)
+        unit = " ".join(rest) or None
+        return (m[0], m[1], m[2], unit)
+
     def _observation_value(self, r: dict, vs: list[str], fields: dict) -> str | None:
         """Add value, unit, comparator and value_vs (the value sets of a coded or text answer) to an
         observation's fields. Returns why the value cannot be compared, for a value set whose unit
@@ -470,7 +544,7 @@ class FactBuilder:
             shown = f"{q.get('comparator') or ''}{q['value']} {q.get('unit') or q.get('code') or ''}".strip()
         elif isinstance(r.get("valueString"), str):
             shown = r["valueString"].strip()
-            m = _NUMBER.match(shown)
+            m = self._number_text(shown)
             if m:
                 raw, comparator = float(m[2]), m[1]
                 units = [m[3]] if m[3] else []
@@ -516,20 +590,22 @@ class FactBuilder:
         vs, text_only = self._member(codes, texts)
         if not vs and "procedure" in self.need_vs:
             return
-        when = parse_date(r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
-                          or r.get("occurrenceDateTime") or (r.get("occurrencePeriod") or {}).get("start"))
+        when = _procedure_date(r)
         used_codes, used_texts = [], []
         for cc in r.get("usedCode") or []:
             c, t = _codeable(cc)
             used_codes += c
             used_texts += t
         used_texts += self._note_texts(r)
+        # what was injected, as its own name may say ("TRIGGER POINT INJ W/ KENALOG 40 MG"): its texts, clause
+        # by clause, without denied ones ("trigger point injection, no steroid")
+        for text in texts:
+            used_texts += self._affirmed(_CLAUSES.split(text))
         key = ref_key(r)
-        for a in administrations:
-            if any(self.index.key_for(p) == key for p in a.get("partOf") or []):
-                c, t, _, _ = self._medication_of(a)
-                used_codes += c
-                used_texts += t
+        for a in administrations:  # partOf it, or the same day's TPI administration (see _administrations)
+            c, t, _, _ = self._medication_of(a)
+            used_codes += c
+            used_texts += t
         used_vs, _ = self._member(used_codes, used_texts)
         fields = dict(ref=key or "", name=_display(r.get("code"), "procedure"), vs=vs, text_only=text_only,
                       used_vs=used_vs, status=r.get("status", ""))
@@ -540,14 +616,34 @@ class FactBuilder:
             fields["date"] = when.isoformat()
         self._emit("procedure", **fields)
 
-    def _administered_tpi(self, a: dict) -> bool:
-        """A past trigger point injection recorded only as a MedicationAdministration (no Procedure it is
-        partOf in the record): a procedure fact when its reason, category, notes or dosage text/site say
-        it was a TPI (tpi_order_valuesets). Returns whether it was one."""
-        for p in a.get("partOf") or []:
-            target = self.index.resolve(p, a)
-            if isinstance(target, dict) and target.get("resourceType") == "Procedure":
-                return False  # read with its Procedure
+    def _administrations(self, record: list[dict]) -> list[tuple[dict, tuple | None, str | None]]:
+        """Each current MedicationAdministration with what it is for the TPI checks: (administration, its
+        TPI reading or None (_tpi_administration), the Procedure it is read with or None). An
+        administration partOf a Procedure is read with it; so is a TPI administration with no partOf on
+        the day of a current TPI Procedure: EHRs record one injection as a Procedure and an unlinked MAR
+        entry, and it must count once (its drug still says whether a steroid was given)."""
+        tpi_days: dict[date, str] = {}
+        for r in record:
+            if r.get("resourceType") == "Procedure" and self._current(r):
+                codes, texts = _codeable(r.get("code"))
+                when = _procedure_date(r)
+                if when and ref_key(r) and set(self._member(codes, texts)[0]) & set(self.policy.tpi_order_valuesets):
+                    tpi_days.setdefault(when, ref_key(r))
+        out = []
+        for a in record:
+            if a.get("resourceType") != "MedicationAdministration" or not self._current(a):
+                continue
+            parent = next((ref_key(t) for t in (self.index.resolve(p, a) for p in a.get("partOf") or [])
+                           if isinstance(t, dict) and t.get("resourceType") == "Procedure"), None)
+            info = self._tpi_administration(a)
+            if parent is None and info is not None and info[2] in tpi_days:
+                parent = tpi_days[info[2]]
+            out.append((a, info, parent))
+        return out
+
+    def _tpi_administration(self, a: dict) -> tuple[list[str], list[str], date | None] | None:
+        """(vs, text_only, date) of an administration whose reason, category, notes or dosage text/site say
+        it was a trigger point injection (tpi_order_valuesets); None for any other administration."""
         codes, texts = [], []
         concepts = list(a.get("reasonCode") or []) + [x for x in a.get("reason") or [] if isinstance(x, dict)]
         category = a.get("category")  # R4: one CodeableConcept; R5: a list
@@ -562,12 +658,19 @@ class FactBuilder:
         texts += self._note_texts(a)
         vs, text_only = self._member(codes, texts)
         if not set(vs) & set(self.policy.tpi_order_valuesets):
-            return False
-        med_codes, med_texts, name, _ = self._medication_of(a)
-        used_vs, _ = self._member(med_codes, med_texts)
+            return None
         # R4 effective[x]; R5 occurence[x] (spelt so in R5)
         when = parse_date(a.get("effectiveDateTime") or _get(a.get("effectivePeriod"), "start")
                           or a.get("occurenceDateTime") or _get(a.get("occurencePeriod"), "start"))
+        return vs, text_only, when
+
+    def _administered_tpi(self, a: dict, tpi: tuple[list[str], list[str], date | None]) -> None:
+        """A past trigger point injection recorded only as a MedicationAdministration (no Procedure it is
+        read with in the record): a procedure fact."""
+        vs, text_only, when = tpi
+        dosage = a.get("dosage") if isinstance(a.get("dosage"), dict) else {}
+        med_codes, med_texts, name, _ = self._medication_of(a)
+        used_vs, _ = self._member(med_codes, med_texts)
         reasons = [_display(cc) for cc in list(a.get("reasonCode") or []) + list(a.get("reason") or [])
                    if isinstance(cc, dict)]  # R4 reasonCode, R5 reason (CodeableReference)
         why = next((x for x in reasons if x), "")  # e.g. "TRIGGER POINT INJECTION - RIGHT TRAPEZIUS": where it was
@@ -580,7 +683,6 @@ class FactBuilder:
             fields["age_days"] = self._age_days(when)
             fields["date"] = when.isoformat()
         self._emit("procedure", **fields)
-        return True
 
     # -- the planned order (what it is and its doses: order.py) ---------------------------------------
     def _weight_kg(self) -> float | None:

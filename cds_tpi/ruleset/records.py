@@ -19,8 +19,10 @@ _SCHEMA = {
         "tpi_order_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "injectate_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "injectable_valuesets": {"type": "array", "items": {"type": "string"}},
+        "allergy_condition_valuesets": {"type": "array", "items": {"type": "string"}},
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "result_flags": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "dose_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
         "volume_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
         # coded units of systems other than UCUM: system -> code -> the UCUM unit it names
@@ -132,11 +134,13 @@ class RecordPolicy:
     text_negation_cues: tuple[str, ...] = ()
     volume_units: dict = field(default_factory=dict)
     injectable_valuesets: tuple[str, ...] = ()
+    allergy_condition_valuesets: tuple[str, ...] = ()  # a Condition in one of these is also read as an allergy
     acute_valuesets: tuple[str, ...] = ()
     acute_window_days: int | None = None
     anesthetic_limits: AnestheticLimits | None = None
     observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?}
     unit_codes: dict = field(default_factory=dict)           # system -> code -> UCUM unit (SNOMED CT 258773002 -> mL)
+    result_flags: frozenset[str] = frozenset()              # abnormal flags beside a text result, lower case ("h", "(h)" is read as "h")
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
         return self.resources.get(resource_type, _ANY)
@@ -159,7 +163,8 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         bad = True
     if bad:
         return None
-    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets", "injectable_valuesets")
+    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets", "injectable_valuesets",
+                                          "allergy_condition_valuesets")
              for i, name in enumerate(doc.get(key, ()))]
     if "acute_conditions" in doc:
         named += [(["acute_conditions", "valuesets", i], n) for i, n in enumerate(doc["acute_conditions"]["valuesets"])]
@@ -220,9 +225,11 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         text_negation_cues=tuple(plain.get("text_negation_cues", ())),
         volume_units=plain.get("volume_units", {}),
         injectable_valuesets=tuple(resolve(n) for n in plain.get("injectable_valuesets", ())),
+        allergy_condition_valuesets=tuple(resolve(n) for n in plain.get("allergy_condition_valuesets", ())),
         acute_valuesets=tuple(resolve(n) for n in plain.get("acute_conditions", {}).get("valuesets", ())),
         acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
         anesthetic_limits=limits,
         observation_values={resolve(n): v for n, v in plain.get("observation_values", {}).items()},
         unit_codes=plain.get("unit_codes", {}),
+        result_flags=frozenset(f.lower() for f in plain.get("result_flags", ())),
     )
