@@ -173,3 +173,105 @@ def test_observation_units_coded_in_snomed_are_read_like_dose_units(quantity, kg
     obs = next(f for f in facts if f["t"] == "observation")
     assert (obs.get("value"), obs.get("unit")) == (kg, "kg")
     assert not [f for f in facts if f["t"] == "gap"]
+
+
+@pytest.mark.parametrize("code,value,expected", [
+    # an abnormal flag beside a text result (records.yaml result_flags) is not its unit
+    ("6301-6", {"valueString": "3.4 H"}, (3.4, "{INR}", None)),
+    ("6301-6", {"valueString": "3.4H"}, (3.4, "{INR}", None)),
+    ("6301-6", {"valueString": "H 3.4"}, (3.4, "{INR}", None)),
+    ("6301-6", {"valueString": "3.4 (H)"}, (3.4, "{INR}", None)),
+    ("6301-6", {"valueString": "3.4*"}, (3.4, "{INR}", None)),
+    ("6301-6", {"valueString": "3.4 HIGH"}, (3.4, "{INR}", None)),
+    ("6301-6", {"valueString": "3.4 L"}, (3.4, "{INR}", None)),        # a flag never changes the value
+    ("6301-6", {"valueString": "2.6 H"}, (2.6, "{INR}", None)),
+    ("777-3", {"valueString": "38 L x10(3)/mcL"}, (38.0, "10*9/L", None)),
+    ("777-3", {"valueString": "38 x10(3)/mcL L"}, (38.0, "10*9/L", None)),
+    ("777-3", {"valueString": "45 K/uL (L)"}, (45.0, "10*9/L", None)),
+    ("777-3", {"valueString": "45 K/uL*"}, (45.0, "10*9/L", None)),
+    ("777-3", {"valueString": "<10 LL"}, (10.0, "10*9/L", "<")),          # the comparator is kept
+    ("777-3", {"valueString": "<10"}, (10.0, "10*9/L", "<")),
+    # Cerner's unit text
+    ("777-3", {"valueQuantity": {"value": 38, "unit": "x10(3)/mcL"}}, (38.0, "10*9/L", None)),
+    ("777-3", {"valueQuantity": {"value": 38, "unit": "x10(3)/uL"}}, (38.0, "10*9/L", None)),
+])
+def test_text_results_are_read_without_their_abnormal_flag(code, value, expected):
+    facts = _facts_of(_lab(code, **value))
+    obs = next(f for f in facts if f["t"] == "observation")
+    assert (obs.get("value"), obs.get("unit"), obs.get("comparator")) == expected
+    assert not [f for f in facts if f["t"] == "gap"]
+
+
+@pytest.mark.parametrize("text", ["clumped H", "H", "see note (H)"])
+def test_a_flag_alone_or_beside_words_is_still_not_a_number(text):
+    facts = _facts_of(_lab("777-3", valueString=text))
+    assert "value" not in next(f for f in facts if f["t"] == "observation")
+    assert [f for f in facts if f["t"] == "gap" and "not a number" in f["why"]]
+
+
+# -- the facts stage alone (FactBuilder on hand-built records) ------------------------------------------
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+CPT = "http://www.ama-assn.org/go/cpt"
+
+
+def _facts(evaluator, *record):
+    from cds_tpi.facts import FactBuilder, Inputs
+    return FactBuilder(evaluator.book.terminology, evaluator.book.records, NOW).build(Inputs(record=[PATIENT, *record]))
+
+
+def _of(facts, t):
+    return [f for f in facts if f["t"] == t]
+
+
+def test_allergy_named_only_in_the_reaction_description_or_a_note(evaluator):
+    other = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"},
+             "code": {"text": "Other"}, "reaction": [{"description": "Hives after lidocaine at the dentist", "manifestation": [{"text": "Hives"}]}]}
+    [allergy] = _of(_facts(evaluator, other), "allergy")
+    assert "lidocaine" in allergy["vs"] and allergy["name"].startswith("Other (reaction recorded: Hives after lidocaine")
+    noted = dict(other, id="a2", reaction=[], note=[{"text": "Reacted to Xylocaine in 2019."}])
+    assert "lidocaine" in _of(_facts(evaluator, noted), "allergy")[0]["vs"]
+    denied = dict(other, id="a3", reaction=[{"description": "No reaction to lidocaine", "manifestation": [{"text": "none"}]}])
+    assert not _of(_facts(evaluator, denied), "allergy")  # a denied clause is not read (and no value set is left)
+
+
+def test_problem_list_allergy_status_is_read_as_an_allergy(evaluator):
+    def cond(code, display, text=None):
+        cc = {"coding": [{"system": ICD, "code": code, "display": display}]}
+        if text:
+            cc["text"] = text
+        return {"resourceType": "Condition", "id": code, "subject": {"reference": "Patient/p1"}, "code": cc,
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "category": [{"coding": [{"code": "problem-list-item"}]}]}
+    facts = _facts(evaluator, cond("Z91.040", "Latex allergy status"), cond("Z88.4", "Allergy status to anesthetic agent"),
+                   cond("Z88.0", "Allergy status to penicillin"))
+    by_ref = {f["ref"]: f for f in _of(facts, "allergy")}
+    assert "latex" in by_ref["Condition/Z91.040"]["vs"] and "problem list" in by_ref["Condition/Z91.040"]["name"]
+    assert "anesthetic-allergy-status" in by_ref["Condition/Z88.4"]["vs"]
+    assert "allergy-status-conditions" not in by_ref["Condition/Z88.4"]["vs"]  # the reading, not a finding
+    assert by_ref["Condition/Z88.0"]["vs"] == []  # an allergy, but to nothing a rule reads
+    # a resolved problem-list allergy is not current, so not an allergy either
+    resolved = cond("Z91.040", "Latex allergy status")
+    resolved["clinicalStatus"]["coding"][0]["code"] = "resolved"
+    assert not _of(_facts(evaluator, resolved), "allergy")
+
+
+def test_a_tpi_recorded_as_procedure_and_unlinked_same_day_administration_counts_once(evaluator):
+    proc = {"resourceType": "Procedure", "id": "pr1", "status": "completed", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": CPT, "code": "20552"}]}, "performedDateTime": "2026-09-25T14:00:00-05:00"}
+    mar = {"resourceType": "MedicationAdministration", "id": "ma1", "status": "completed", "subject": {"reference": "Patient/p1"},
+           "medicationCodeableConcept": {"text": "Triamcinolone acetonide 40 mg/mL [Kenalog]"},
+           "effectiveDateTime": "2026-09-25T14:05:00-05:00", "reasonCode": [{"text": "Trigger point injection"}]}
+    [procedure] = _of(_facts(evaluator, proc, mar), "procedure")
+    assert procedure["ref"] == "Procedure/pr1" and "corticosteroids" in procedure["used_vs"]
+    other_day = dict(mar, id="ma2", effectiveDateTime="2026-08-01T10:00:00-05:00")
+    assert sorted(f["ref"] for f in _of(_facts(evaluator, proc, other_day), "procedure")) == [
+        "MedicationAdministration/ma2", "Procedure/pr1"]
+
+
+def test_a_procedures_own_name_says_what_was_injected(evaluator):
+    proc = {"resourceType": "Procedure", "id": "pr1", "status": "completed", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": CPT, "code": "20552"}], "text": "TRIGGER POINT INJ W/ KENALOG 40 MG"},
+            "performedDateTime": "2026-09-25"}
+    assert "corticosteroids" in _of(_facts(evaluator, proc), "procedure")[0]["used_vs"]
+    plain = dict(proc, code={"coding": [{"system": CPT, "code": "20552"}], "text": "Trigger point injection, no steroid"})
+    assert "corticosteroids" not in _of(_facts(evaluator, plain), "procedure")[0]["used_vs"]
