@@ -60,6 +60,7 @@ TEXTS = [
     ("serratus posterior inferior", {UB, LB, CH}, True),  # bare "serratus" (usually anterior) is CH
     ("serratus", {CH}, True),
     ("infrascapular R", {UB}, True),
+    ("Left parascapular", {UB}, True),  # audit 8: beside the scapula, over the posterior ribs
     ("T-spine paraspinals", {UB}, True),
     ("C7-T1 paraspinal", {HN, UB}, True),
     ("L infraclavicular", {CH}, True),
@@ -250,7 +251,26 @@ ICD_CODES = [
     ("L02.425", {LL}), ("L02.426", {LL}), ("L02.435", {LL}), ("L02.436", {LL}),
     ("L02.429", set()), ("L02.439", set()), ("L02.229", set()), ("L02.239", set()),
     ("L02.223", {CH}), ("L02.233", {CH}), ("L02.234", {AB}),
+    # audit 8: head (except face) and other-site abscess/furuncle/carbuncle, periorbital cellulitis, perineum/umbilicus
+    ("L02.811", {HN}), ("L02.821", {HN}), ("L02.831", {HN}), ("L03.213", {HN}),
+    ("L02.818", set()), ("L02.828", set()), ("L02.838", set()),
+    ("L02.225", set()), ("L02.235", set()), ("L02.226", {AB}), ("L02.236", {AB}),
+    # active herpes zoster: the eye codes are the head; the others say nothing of where (body site or text decides)
+    ("B02.9", set()), ("B02.8", set()), ("B02.7", set()), ("B02.30", {HN}), ("B02.31", {HN}), ("B02.39", {HN}),
 ]
+
+
+@pytest.mark.parametrize("code", [c for c, _ in ICD_CODES])
+def test_infection_icd_code_is_a_skin_infection(term, code):
+    """Every code of the table is a skin/soft-tissue infection of its own (no display, no text needed)."""
+    assert "skin-soft-tissue-infections" in set(term.match([(ICD, code)], []).all), code
+
+
+@pytest.mark.parametrize("code", ["B02.0", "B02.1", "B02.21", "B02.22", "B02.23", "B02.29"])
+def test_zoster_codes_left_out(term, code):
+    """Zoster encephalitis/meningitis (not a skin site) and postherpetic involvement (after the rash) are not
+    local skin infections: a postherpetic neuralgia is a reason for injections, not against them."""
+    assert "skin-soft-tissue-infections" not in set(term.match([(ICD, code)], []).all), code
 
 
 @pytest.mark.parametrize("code,shoulder,hip", [
