@@ -429,7 +429,7 @@ class FactBuilder:
                 said.append(bounded_text(reaction["description"].strip()))
         notes = self._note_texts(r)
         described = self._affirmed([c for d in said for c in _CLAUSES.split(d)]) + notes
-        vs, text_only = self._member(codes, texts + described)
+        vs, text_only = self._without_reading_sets(*self._member(codes, texts + described))
         if not vs and "allergy" in self.need_vs:
             return
         name = self._name(own_codes, own_texts, "allergy")
@@ -442,6 +442,12 @@ class FactBuilder:
                    verification=_coding_code(r.get("verificationStatus")) or "unknown",
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 
+    def _without_reading_sets(self, vs: list[str], text_only: list[str]) -> tuple[list[str], list[str]]:
+        """An allergy's value sets without allergy_condition_valuesets: those say that a Condition is an
+        allergy, not what it is an allergy to ("allergy" in a reaction's words is no finding)."""
+        drop = self.policy.allergy_condition_valuesets
+        return [v for v in vs if v not in drop], [v for v in text_only if v not in drop]
+
     def _allergy_status(self, r: dict, codes: list, texts: list[str], name: str, recorded_as: str) -> None:
         """An allergy recorded on the problem list (a Condition in records.yaml allergy_condition_valuesets:
         ICD-10-CM Z88.x 'Allergy status to ...', Z91.040 'Latex allergy status', 'Allergy to lidocaine'):
@@ -449,11 +455,11 @@ class FactBuilder:
         vs, text_only = self._member(codes, self._affirmed(texts))
         if not set(vs) & set(self.policy.allergy_condition_valuesets):
             return
-        vs = [v for v in vs if v not in self.policy.allergy_condition_valuesets]
+        vs, text_only = self._without_reading_sets(vs, text_only)
         if not vs and "allergy" in self.need_vs:
             return
         self._emit("allergy", ref=ref_key(r) or "", name=f"{name} ({recorded_as.split(',')[0]}, not the allergy list)",
-                   vs=vs, text_only=[v for v in text_only if v in vs], criticality="unknown",
+                   vs=vs, text_only=text_only, criticality="unknown",
                    verification=_coding_code(r.get("verificationStatus")) or "unknown",
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 
