@@ -366,7 +366,9 @@ class FactBuilder:
     def _medication(self, r: dict) -> None:
         codes, texts, name, _ = self._medication_of(r)
         vs, text_only = self._member(codes, texts)
-        if not vs and "medication" in self.need_vs:
+        # how a drug is given (injectable, non-injection words such as 'Oral Tablet') is no rule's concern
+        ruled = set(vs) - set(self.policy.injectable_valuesets) - set(self.policy.non_injection_valuesets)
+        if not ruled and "medication" in self.need_vs:
             return
         self._emit("medication", ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
                    status=r.get("status", ""), source=r["resourceType"])
@@ -704,20 +706,36 @@ class FactBuilder:
                 return f["value"]
         return None
 
-    def _injectable(self, r: dict, vs: list[str], dose: planned.Dose) -> bool:
-        """A draft medication given by injection: dosed in a volume, or its name, form, route or dosage
-        text in records.yaml injectable_valuesets."""
-        if dose.ml is not None or set(vs) & set(self.policy.injectable_valuesets):
-            return True
+    def _how_given(self, r: dict, vs: list[str]) -> set[str]:
+        """The value sets that say how a draft medication is given: of its product (name, codes: vs), its
+        dosageInstruction routes and texts, and its Medication's form (R4 medicationReference, R5
+        medication.reference, contained)."""
         codes, texts = [], []
         dosages = r.get("dosageInstruction")
         for di in dosages if isinstance(dosages, list) else ():
             if isinstance(di, dict):
                 c, t = _codeable(di.get("route"))
                 codes, texts = codes + c, texts + t + ([di["text"]] if isinstance(di.get("text"), str) else [])
-        med = self.index.resolve(r.get("medicationReference"), r) if r.get("medicationReference") else None
-        c, t = _codeable((med or {}).get("form"))
-        return bool(self.term.match(codes + c, texts + t).all & set(self.policy.injectable_valuesets))
+        mref = r.get("medicationReference") or (r["medication"].get("reference") if isinstance(r.get("medication"), dict) else None)
+        med = self.index.resolve(mref, r) if mref else None
+        for key in ("form", "doseForm"):  # R4 Medication.form, R5 Medication.doseForm
+            c, t = _codeable((med or {}).get(key))
+            codes, texts = codes + c, texts + t
+        return set(vs) | (self.term.match(codes, texts).all if codes or texts else set())
+
+    def _injectable(self, r: dict, vs: list[str], dose: planned.Dose) -> bool:
+        """A draft medication given by injection: dosed in a volume, or its name, form, route or dosage
+        text in records.yaml injectable_valuesets; never one clearly given otherwise (_not_injected)."""
+        given = self._how_given(r, vs)
+        if self._not_injected(given):
+            return False
+        return dose.ml is not None or bool(given & set(self.policy.injectable_valuesets))
+
+    def _not_injected(self, given: set[str]) -> bool:
+        """Clearly not an injection: a route, form, name or dosage word in records.yaml
+        non_injection_valuesets (oral, topical, transdermal; tablet, dose pack, patch) and none in
+        injectable_valuesets. No route and no such word is not clear (the draft stays injectate)."""
+        return bool(given & set(self.policy.non_injection_valuesets)) and not given & set(self.policy.injectable_valuesets)
 
     def _orders(self, drafts: list[dict]) -> tuple[list[dict], list[dict]]:
         sr_policy = self.policy.for_type("ServiceRequest")
@@ -749,8 +767,12 @@ class FactBuilder:
             based_on = {self.index.key_for(b) for b in r.get("basedOn") or []}
             classified = bool(set(vs) & set(self.policy.injectate_valuesets))
             dose = planned.ordered_dose(r, self.policy)
+            linked = bool(based_on & order_keys)
+            if classified and not linked and self._not_injected(self._how_given(r, vs)):
+                # a steroid or anesthetic of the same visit given another way (an oral Medrol Dosepak, a
+                # Lidoderm patch): not the TPI's injectate (records.yaml non_injection_valuesets)
+                continue
             if not classified:
-                linked = bool(based_on & order_keys)
                 if orders and (linked or (not based_on and self._injectable(r, vs, dose))):
                     # part of the order (or an injection beside it), but not a drug the checks know: say so
                     self._gap(ref_key(r) or "", f"draft medication {product.name} not recognised",

@@ -275,3 +275,63 @@ def test_a_procedures_own_name_says_what_was_injected(evaluator):
     assert "corticosteroids" in _of(_facts(evaluator, proc), "procedure")[0]["used_vs"]
     plain = dict(proc, code={"coding": [{"system": CPT, "code": "20552"}], "text": "Trigger point injection, no steroid"})
     assert "corticosteroids" not in _of(_facts(evaluator, plain), "procedure")[0]["used_vs"]
+
+
+SCT_ROUTE = "http://snomed.info/sct"
+TPI_ORDER = {"resourceType": "ServiceRequest", "id": "sr1", "status": "draft", "intent": "order",
+             "subject": {"reference": "Patient/p1"}, "code": {"text": "Trigger point injection"},
+             "bodySite": [{"text": "Right trapezius"}]}
+
+
+def _draft(mid, text, route=None, dosage_text=None, based_on=False, dose=None):
+    di = {}
+    if route:
+        di["route"] = {"coding": [{"system": SCT_ROUTE, "code": route[0], "display": route[1]}]}
+    if dosage_text:
+        di["text"] = dosage_text
+    if dose:
+        di["doseAndRate"] = [{"doseQuantity": {"value": dose[0], "unit": dose[1], "system": "http://unitsofmeasure.org", "code": dose[1]}}]
+    mr = {"resourceType": "MedicationRequest", "id": mid, "status": "draft", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": {"text": text}}
+    if di:
+        mr["dosageInstruction"] = [di]
+    if based_on:
+        mr["basedOn"] = [{"reference": "ServiceRequest/sr1"}]
+    return mr
+
+
+def _injectates(*drafts):
+    from cds_tpi.facts import FactBuilder, Inputs
+    from cds_tpi.ruleset import load_rulebook
+
+    from .conftest import RULES
+    book = load_rulebook(RULES)
+    facts = FactBuilder(book.terminology, book.records, NOW).build(Inputs(record=[PATIENT], drafts=[TPI_ORDER, *drafts]))
+    return {f["ref"] for f in facts if f["t"] == "injectate"}, [f for f in facts if f["t"] == "gap"]
+
+
+ORAL, TOPICAL, IM = ("26643006", "Oral route"), ("6064005", "Topical route"), ("78421000", "Intramuscular route")
+
+
+@pytest.mark.parametrize("draft,counted", [
+    # clearly not injected (route, form or words in non-injection-routes, none in injectable): not the TPI's injectate
+    (_draft("m1", "methylPREDNISolone (MEDROL DOSEPAK) 4 mg tablet", ORAL, "Take as directed, 6-day taper"), False),
+    (_draft("m1", "lidocaine (LIDODERM) 5 % patch", TOPICAL, "Apply 1 patch 12 hours on", dose=(1, "{patch}")), False),
+    (_draft("m1", "prednisone 20 mg", dosage_text="20 mg PO daily x 5 days"), False),
+    (_draft("m1", "prednisoLONE 15 mg/5 mL oral solution", ORAL, dose=(5, "mL")), False),   # mL, but by mouth
+    # injected, or unclear: stays injectate (a false alarm is safer than a miss)
+    (_draft("m1", "triamcinolone acetonide 40 mg/mL", IM), True),
+    (_draft("m1", "KENALOG-40 40 mg"), True),                                                 # no route, no form
+    (_draft("m1", "dexamethasone 4 mg", ORAL, "inject 1 mL at the trigger point"), True),     # conflicting: kept
+    (_draft("m1", "methylprednisolone 4 mg tablet", ORAL, based_on=True), True),             # linked to the TPI order
+])
+def test_an_unlinked_draft_steroid_or_anesthetic_given_another_way_is_not_injectate(draft, counted):
+    injectates, _ = _injectates(draft)
+    assert ("MedicationRequest/m1" in injectates) is counted
+
+
+def test_an_unrecognised_oral_draft_dosed_in_ml_is_not_named_as_an_unchecked_injection():
+    _, gaps = _injectates(_draft("m1", "amoxicillin 400 mg/5 mL suspension", ORAL, dose=(5, "mL")))
+    assert not [g for g in gaps if "not recognised" in g["what"]]
+    _, gaps = _injectates(_draft("m1", "sarapin 10 mL", dose=(10, "mL")))   # unknown injection: still named
+    assert [g for g in gaps if "not recognised" in g["what"]]

@@ -19,6 +19,7 @@ _SCHEMA = {
         "tpi_order_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "injectate_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "injectable_valuesets": {"type": "array", "items": {"type": "string"}},
+        "non_injection_valuesets": {"type": "array", "items": {"type": "string"}},
         "allergy_condition_valuesets": {"type": "array", "items": {"type": "string"}},
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
@@ -134,6 +135,7 @@ class RecordPolicy:
     text_negation_cues: tuple[str, ...] = ()
     volume_units: dict = field(default_factory=dict)
     injectable_valuesets: tuple[str, ...] = ()
+    non_injection_valuesets: tuple[str, ...] = ()   # a route / form / word that says a draft is not injected
     allergy_condition_valuesets: tuple[str, ...] = ()  # a Condition in one of these is also read as an allergy
     acute_valuesets: tuple[str, ...] = ()
     acute_window_days: int | None = None
@@ -163,7 +165,7 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         bad = True
     if bad:
         return None
-    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets", "injectable_valuesets",
+    named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets", "injectable_valuesets", "non_injection_valuesets",
                                           "allergy_condition_valuesets")
              for i, name in enumerate(doc.get(key, ()))]
     if "acute_conditions" in doc:
@@ -225,6 +227,7 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         text_negation_cues=tuple(plain.get("text_negation_cues", ())),
         volume_units=plain.get("volume_units", {}),
         injectable_valuesets=tuple(resolve(n) for n in plain.get("injectable_valuesets", ())),
+        non_injection_valuesets=tuple(resolve(n) for n in plain.get("non_injection_valuesets", ())),
         allergy_condition_valuesets=tuple(resolve(n) for n in plain.get("allergy_condition_valuesets", ())),
         acute_valuesets=tuple(resolve(n) for n in plain.get("acute_conditions", {}).get("valuesets", ())),
         acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
