@@ -40,11 +40,11 @@ def rules_copy(tmp_path):
 
 BREAKAGES = [
     # (file, old text, new text, expected line, expected message part)
-    ("anticoagulant.yaml", "drug: {fact: medication,", "drug: {fact: medicine,", 16, "when/0/match/drug/fact"),
-    ("anticoagulant.yaml", "vs: {any: [anticoagulants, p2y12-inhibitors]}", "vs: {any: [anticoagulantz]}", 20, "unknown value set 'anticoagulantz'"),
-    ("anticoagulant.yaml", "where: {vs:", "where: {colour: red, vs:", 16, "unknown field 'colour'"),
-    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drug | names }\"", 22, "template error"),
-    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drugs | names }}\"", 22, "'drugs' is undefined"),
+    ("anticoagulant.yaml", "drug: {fact: medication,", "drug: {fact: medicine,", 18, "when/0/match/drug/fact"),
+    ("anticoagulant.yaml", "vs: {any: [anticoagulants, p2y12-inhibitors]}", "vs: {any: [anticoagulantz]}", 22, "unknown value set 'anticoagulantz'"),
+    ("anticoagulant.yaml", "where: {vs:", "where: {colour: red, vs:", 18, "unknown field 'colour'"),
+    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drug | names }\"", 30, "template error"),
+    ("anticoagulant.yaml", "{{ drug | names }}\"", "{{ drugs | names }}\"", 30, "'drugs' is undefined"),
     ("anticoagulant.yaml", "indicator: warning", "indicator: severe", 3, "indicator"),
     ("anticoagulant.yaml", "id: anticoagulant", "id: anticoagulants", 1, "must match the file name"),
     ("anticoagulant.yaml", "title: Anticoagulant", "title: Anticoagulant\ntitle: again", 3, "duplicate key"),
@@ -101,7 +101,7 @@ def test_none_inside_or_is_reported(rules_copy):
     path.write_text(text.replace(old, "where: {or: [{vs: {none: [anticoagulants]}}, {status: active}]}", 1))
     result = _lint(rules_copy)
     assert result.exit_code == 1
-    assert f"{path}:16:" in result.output and "'none' cannot be used inside 'or'" in result.output
+    assert f"{path}:18:" in result.output and "'none' cannot be used inside 'or'" in result.output
 
 
 def test_lint_reports_every_error_of_every_file(rules_copy):
