@@ -759,6 +759,10 @@ class FactBuilder:
                                vs=svs, text_only=s_text_only, region=region)
         injectates, doses = [], []
         kinds = " or ".join(self.term.defs[v].title.lower() for v in self.policy.injectate_valuesets if v in self.term.defs)
+        # draft procedure orders that are not recognised as a TPI: said when an injectate is ordered with one
+        other_orders = {ref_key(r): r for r in drafts
+                        if r.get("resourceType") == "ServiceRequest" and ref_key(r) and ref_key(r) not in order_keys}
+        unrecognised: dict[str, list[str]] = {}
         for r in drafts:
             if r.get("resourceType") != "MedicationRequest":
                 continue
@@ -766,6 +770,8 @@ class FactBuilder:
             vs, text_only = self._member(codes, texts)
             based_on = {self.index.key_for(b) for b in r.get("basedOn") or []}
             classified = bool(set(vs) & set(self.policy.injectate_valuesets))
+            for key in based_on & other_orders.keys() if classified else ():
+                unrecognised.setdefault(key, []).append(product.name)
             dose = planned.ordered_dose(r, self.policy)
             linked = bool(based_on & order_keys)
             if classified and not linked and self._not_injected(self._how_given(r, vs)):
@@ -791,6 +797,14 @@ class FactBuilder:
                 fields["dose_mg"] = dose.mg
             doses += per_agent
             injectates.append(self._emit("injectate", **fields))
+        tpi_sets = " / ".join(f"rules/valuesets/{v}.json" for v in self.policy.tpi_order_valuesets)
+        for key, drugs in unrecognised.items():
+            o = other_orders[key]
+            name = self._name(*_codeable(o.get("code")), "procedure order")
+            self._gap(key, f"draft order {name} not recognised as a trigger point injection",
+                      f"{key} has {' and '.join(dict.fromkeys(drugs))} ordered with it, but its code is not in the trigger point "
+                      f"injection value sets ({tpi_sets}), so its injection site was not read: the site, infection, "
+                      "thoracic and interval checks did not include it")
         dose_facts, total = planned.dose_facts(doses, self._weight_kg(), self.policy)
         for f in dose_facts:
             self._emit("dose", **f)

@@ -335,3 +335,17 @@ def test_an_unrecognised_oral_draft_dosed_in_ml_is_not_named_as_an_unchecked_inj
     assert not [g for g in gaps if "not recognised" in g["what"]]
     _, gaps = _injectates(_draft("m1", "sarapin 10 mL", dose=(10, "mL")))   # unknown injection: still named
     assert [g for g in gaps if "not recognised" in g["what"]]
+
+
+def test_a_draft_order_not_recognised_as_tpi_is_named_when_an_injectate_is_ordered_with_it(evaluator):
+    from cds_tpi.facts import FactBuilder, Inputs
+    sr = {"resourceType": "ServiceRequest", "id": "sr1", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+          "code": {"text": "INJ MUSCLE 1-2 SITES"}}
+    lab = dict(sr, id="lab1", code={"text": "CBC"})
+    lido = {"resourceType": "MedicationRequest", "id": "mr1", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+            "basedOn": [{"reference": "ServiceRequest/sr1"}], "medicationCodeableConcept": {"text": "lidocaine 1% injection"}}
+    facts = FactBuilder(evaluator.book.terminology, evaluator.book.records, NOW).build(Inputs(record=[PATIENT], drafts=[sr, lab, lido]))
+    gaps = [f for f in facts if f["t"] == "gap"]
+    assert [g["ref"] for g in gaps] == ["ServiceRequest/sr1"]
+    assert "INJ MUSCLE 1-2 SITES not recognised as a trigger point injection" in gaps[0]["what"]
+    assert "lidocaine 1% injection" in gaps[0]["why"]
