@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 from .fhir.datatypes import codeable
+from .fhir.refs import normalize
 from .ruleset.records import AgentLimit, RecordPolicy
 
 MAX_TEXT = 512  # characters of a product name read for strengths (names are short; bounds the regex work)
@@ -46,6 +47,38 @@ def is_tpi_order(resources, term, policy: RecordPolicy) -> bool:
     return any(is_tpi(r, term, policy) for r in resources)
 
 
+def unrecognised_injection_orders(resources, term, policy: RecordPolicy) -> list[dict]:
+    """Procedure orders among these drafts that are not recognised as a TPI but have a local anesthetic
+    or steroid (injectate_valuesets, read from the MedicationRequest's medication concept or contained
+    Medication) ordered with them by basedOn: they may be a TPI under a local code. The service
+    evaluates such an order set, so the missing-data card can say the order was not recognised
+    (the CLI always evaluates); an order set with nothing of the kind (a lab order) is not its business."""
+    requests = {f"ServiceRequest/{r['id']}": r for r in resources
+                if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest" and isinstance(r.get("id"), str)
+                and not is_tpi(r, term, policy)}
+    found: dict[str, dict] = {}
+    for r in resources:
+        if not requests or not isinstance(r, dict) or r.get("resourceType") != "MedicationRequest":
+            continue
+        targets = [normalize(b["reference"]) for b in _list(r.get("basedOn"))
+                   if isinstance(b, dict) and isinstance(b.get("reference"), str)]
+        targets = [t for t in targets if t in requests]
+        if not targets:
+            continue
+        codes, texts = codeable(r.get("medicationCodeableConcept") or _get(r.get("medication"), "concept"))
+        for med in _list(r.get("contained")):
+            if isinstance(med, dict) and med.get("resourceType") == "Medication":
+                c, t = codeable(med.get("code"))
+                codes, texts = codes + c, texts + t
+        ref = r.get("medicationReference") or _get(r.get("medication"), "reference")
+        if isinstance(ref, dict) and isinstance(ref.get("display"), str):
+            texts.append(ref["display"])
+        if term.match(codes, texts).all & set(policy.injectate_valuesets):
+            for t in targets:
+                found.setdefault(t, requests[t])
+    return list(found.values())
+
+
 def appointment_as_orders(appointment: dict) -> list[dict]:
     """What an Appointment says it is for, as order-like resources for `is_tpi_order`: the
     appointment itself, ServiceRequests it contains, and a draft ServiceRequest carrying its
@@ -70,6 +103,10 @@ def appointment_as_orders(appointment: dict) -> list[dict]:
     if code:
         orders.append({"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal", "code": code})
     return orders
+
+
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, dict) else None
 
 
 def _list(value) -> list:
@@ -519,5 +556,5 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
     return out
 
 
-__all__ = ["is_tpi", "is_tpi_order", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
+__all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
            "strengths_in", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]

@@ -107,6 +107,13 @@ class Evaluator:
         """True when any of these resources is a trigger point injection order (draft ServiceRequest)."""
         return planned.is_tpi_order(resources, self.book.terminology, self.book.records)
 
+    def may_be_tpi_order(self, resources: list[dict]) -> bool:
+        """True for a TPI order, and for a procedure order not recognised as one that has a local anesthetic
+        or steroid ordered with it (order.unrecognised_injection_orders): the service evaluates both, so
+        the second is named in the missing-data card instead of getting no answer at all."""
+        return (self.is_tpi_order(resources)
+                or bool(planned.unrecognised_injection_orders(resources, self.book.terminology, self.book.records)))
+
     def _lab_sets(self, r: dict) -> frozenset:
         """The value sets an Observation's codes are in (labs are matched by code only)."""
         codes, _ = _codeable(r.get("code"))

@@ -432,3 +432,54 @@ def test_dose_range_and_ingredient_strength_read_snomed_units_too(book):
                 "denominator": {"value": 1, "system": SCT, "code": "258773002"}}
     p = _product(book, ["Xylocaine"], [("lidocaine", strength)])
     assert planned.agent_strength(p, "lidocaine", set(), book.terminology, book.records) == (10.0, "ingredient strength")
+
+
+# -- the service gate: a procedure order not recognised as a TPI, with an injectate ordered with it -----
+
+def _sr(sid, text):
+    return {"resourceType": "ServiceRequest", "id": sid, "status": "draft", "intent": "order",
+            "code": {"coding": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580", "code": "PRO1"}], "text": text}}
+
+
+def _mr(mid, based_on, **medication):
+    return {"resourceType": "MedicationRequest", "id": mid, "status": "draft", "intent": "order",
+            "basedOn": [{"reference": based_on}], **medication}
+
+
+@pytest.mark.parametrize("medication,expected", [
+    ({"medicationCodeableConcept": {"text": "LIDOCAINE HCL 1 % IJ SOLN"}}, True),
+    ({"medicationReference": {"reference": "#m1"},
+      "contained": [{"resourceType": "Medication", "id": "m1",
+                     "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1085754"}]}}]}, True),
+    ({"medicationReference": {"reference": "Medication/x", "display": "Kenalog-40 injection"}}, True),
+    ({"medicationCodeableConcept": {"text": "Ondansetron 4 mg ODT"}}, False),
+])
+def test_an_unrecognised_procedure_order_with_an_injectate_may_be_a_tpi(book, medication, expected):
+    drafts = [_sr("sr1", "INJ MUSCLE 1-2 SITES"), _mr("mr1", "ServiceRequest/sr1", **medication)]
+    found = planned.unrecognised_injection_orders(drafts, book.terminology, book.records)
+    assert [o["id"] for o in found] == (["sr1"] if expected else [])
+
+
+def test_a_lab_order_beside_an_unlinked_injectate_is_not_an_injection_order(book):
+    lab = _sr("lab1", "CBC")
+    lido = {"resourceType": "MedicationRequest", "id": "mr1", "status": "draft", "intent": "order",
+            "medicationCodeableConcept": {"text": "lidocaine 1% injection"}}
+    assert planned.unrecognised_injection_orders([lab, lido], book.terminology, book.records) == []
+    # a recognised TPI is not "unrecognised"
+    tpi = _sr("sr2", "Trigger point injection")
+    assert planned.unrecognised_injection_orders([tpi, _mr("mr2", "ServiceRequest/sr2", medicationCodeableConcept={"text": "lidocaine"})],
+                                                 book.terminology, book.records) == []
+
+
+def test_the_service_gate_evaluates_an_unrecognised_injection_order(evaluator):
+    """order-sign with only a locally coded injection order and lidocaine basedOn it: evaluated (the
+    answer names the order as not recognised), where it used to get no answer at all."""
+    from cds_tpi.service.hooks import HookCall, should_evaluate
+    from cds_tpi.service.discovery import SERVICES
+    service = next(s for s in SERVICES.values() if s.hook == "order-sign")
+    drafts = [_sr("sr1", "INJ MUSCLE 1-2 SITES"), _mr("mr1", "ServiceRequest/sr1", medicationCodeableConcept={"text": "lidocaine 1%"})]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in drafts]}
+    call = HookCall(service, {"context": {"draftOrders": bundle}}, "x", "p1", None, None)
+    assert should_evaluate(call, evaluator)
+    lab_only = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": _sr("lab1", "CBC")}]}
+    assert not should_evaluate(HookCall(service, {"context": {"draftOrders": lab_only}}, "x", "p1", None, None), evaluator)

@@ -22,7 +22,7 @@ from cds_tpi.service.request_schema import first_problem
 class TpiClassifier(Protocol):
     """The part of the Evaluator the gate needs."""
 
-    def is_tpi_order(self, resources: list[dict]) -> bool: ...
+    def may_be_tpi_order(self, resources: list[dict]) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,11 @@ def orders_to_check(call: HookCall) -> list[dict] | None:
 
 def should_evaluate(call: HookCall, classifier: TpiClassifier) -> bool:
     """order-select: a selected order is a TPI; order-sign: any draft is; appointment-book: an
-    appointment is for a TPI; patient-view: always."""
+    appointment is for a TPI; patient-view: always. A procedure order not recognised as a TPI that has
+    a local anesthetic or steroid ordered with it is evaluated too (the answer says it was not
+    recognised: never silence for what may be a TPI under a local code)."""
     orders = orders_to_check(call)
-    return orders is None or (bool(orders) and classifier.is_tpi_order(orders))
+    return orders is None or (bool(orders) and classifier.may_be_tpi_order(orders))
 
 
 def bundle_resources(bundle: dict) -> list[dict]:

@@ -159,7 +159,7 @@ class FakeEvaluator:
         self.checked: list[tuple[str, ...]] = []  # the `checked` record lists of each call
         self.raise_error: Exception | None = None
 
-    def is_tpi_order(self, resources: list[dict]) -> bool:
+    def may_be_tpi_order(self, resources: list[dict]) -> bool:
         return any(c.get("code") in ("20552", "20553")
                    for r in resources if r.get("resourceType") == "ServiceRequest"
                    for c in (r.get("code") or {}).get("coding", []))
