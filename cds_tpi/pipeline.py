@@ -201,7 +201,7 @@ class Evaluator:
         all_facts: build a fact of every record read, also those no rule could match (for `explain`,
         which shows the nearest candidates of a rule that did not fire); the cards are the same."""
         started = time.perf_counter()
-        doc = doc.with_drafts(self.is_tpi)
+        doc = doc.with_drafts(self.is_tpi, self.book.records)
         skipped: list[str] = []
         gap_list: list[tuple[str, str]] = [("", g) for g in gaps] + [("", n) for n in doc.notes]
         inputs = Inputs(record=[], drafts=[], gaps=gap_list, checked=set(doc.checked) | set(checked))

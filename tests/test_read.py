@@ -43,3 +43,83 @@ def test_an_undeclared_key_is_read_by_its_content():
 def test_discovery_declares_exactly_these_keys_with_their_record_lists():
     assert [(k.key, k.records) for k in default_prefetch_keys()] == [(s.key, category_of_key(s.key)) for s in KEYS]
     assert category_of_key("problemList") is None
+
+
+# -- the planned order of a plain bundle (Document.with_drafts) ---------------------------------------
+
+_CPT = "http://www.ama-assn.org/go/cpt"
+
+
+def _tpi_sr(status="active", sid="sr-tpi"):
+    return {"resourceType": "ServiceRequest", "id": sid, "status": status, "intent": "order",
+            "code": {"coding": [{"system": _CPT, "code": "20553"}], "text": "TRIGGER POINT INJECTION"},
+            "subject": {"reference": "Patient/p1"}, "bodySite": [{"text": "Left gluteus medius"}]}
+
+
+def _kenalog(status="active", based_on="ServiceRequest/sr-tpi"):
+    mr = {"resourceType": "MedicationRequest", "id": "mr-kenalog", "status": status, "intent": "order",
+          "subject": {"reference": "Patient/p1"},
+          "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1085754"}],
+                                        "text": "KENALOG-40 40 MG/ML IJ SUSP"},
+          "dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": 40, "unit": "mg"}}]}]}
+    if based_on:
+        mr["basedOn"] = [{"reference": based_on}]
+    return mr
+
+
+_DIABETES = {"resourceType": "Condition", "id": "dm", "subject": {"reference": "Patient/p1"},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"}]}}
+_PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"}
+
+
+def _bundle(*resources):
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+def _planned(evaluator, *resources):
+    doc = read_object(_bundle(*resources), "b").with_drafts(evaluator.is_tpi, evaluator.book.records)
+    return sorted(f"{loc.resource['resourceType']}/{loc.resource.get('id')}" for loc in doc.draft_orders)
+
+
+@pytest.mark.parametrize("status,planned", [("active", True), ("draft", True), ("completed", False), ("revoked", False),
+                                            ("on-hold", False)])
+def test_a_tpi_order_in_a_status_records_yaml_counts_is_the_planned_order(evaluator, status, planned):
+    """audit-2 r11: a TPI ServiceRequest sent 'active' (signed) in a plain bundle was read as history
+    and its Kenalog as a home medication: no card. The statuses come from records.yaml ServiceRequest."""
+    got = _planned(evaluator, _PATIENT, _tpi_sr(status), _kenalog())
+    assert got == (["MedicationRequest/mr-kenalog", "ServiceRequest/sr-tpi"] if planned else [])
+    assert (status in evaluator.book.records.for_type("ServiceRequest").status) is planned
+
+
+@pytest.mark.parametrize("proc_status,planned", [("completed", False), ("in-progress", False),
+                                                 ("preparation", True), ("not-done", True), ("entered-in-error", True)])
+def test_a_tpi_order_performed_by_a_procedure_based_on_it_is_history(evaluator, proc_status, planned):
+    """A Procedure basedOn the active order in a status records.yaml counts as done means it was done;
+    any other Procedure status does not (reading a planned order as history would silence its checks)."""
+    done = {"resourceType": "Procedure", "id": "proc1", "status": proc_status, "subject": {"reference": "Patient/p1"},
+            "code": {"text": "Trigger point injection"}, "basedOn": [{"reference": "ServiceRequest/sr-tpi"}],
+            "performedDateTime": "2026-11-20"}
+    got = _planned(evaluator, _PATIENT, _tpi_sr("active"), _kenalog(), done)
+    assert ("ServiceRequest/sr-tpi" in got) is planned
+
+
+def test_an_active_order_that_is_not_a_tpi_and_a_draft_one_keep_their_reading(evaluator):
+    cbc = {"resourceType": "ServiceRequest", "id": "cbc", "status": "active", "intent": "order",
+           "subject": {"reference": "Patient/p1"}, "code": {"text": "CBC"}}
+    assert _planned(evaluator, _PATIENT, cbc, _kenalog(based_on="ServiceRequest/cbc")) == []
+    # without a policy (tests, tools): only drafts, as before
+    doc = read_object(_bundle(_PATIENT, _tpi_sr("active"), _kenalog()), "b").with_drafts(evaluator.is_tpi)
+    assert doc.draft_orders == []
+
+
+def test_an_active_tpi_order_gives_the_same_cards_from_both_front_doors(evaluator):
+    """The plain bundle and the CDS Hooks order-sign request of the same active order agree."""
+    from .conftest import NOW
+    record = [_PATIENT, _DIABETES]
+    plain = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("active"), _kenalog()), "b"), now=NOW)
+    hook = {"hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+            "context": {"userId": "Practitioner/u", "patientId": "p1", "draftOrders": _bundle(_tpi_sr("active"), _kenalog())},
+            "prefetch": {"patient": _PATIENT, "conditions": _bundle(_DIABETES)}}
+    hooked = evaluator.evaluate_document(read_object(hook, "h"), now=NOW)
+    assert "diabetes-steroid" in plain.rule_ids
+    assert sorted(plain.rule_ids) == sorted(hooked.rule_ids)

@@ -34,7 +34,7 @@ def _parse_now(value: str | None) -> datetime | None:
 
 def add_order(doc: Document, evaluator, injectate: str | None, sites: tuple[str, ...]) -> tuple[Document, str | None]:
     """doc with a synthesized TPI order added, unless it has one (then a note says so)."""
-    doc = doc.with_drafts(evaluator.is_tpi)
+    doc = doc.with_drafts(evaluator.is_tpi, evaluator.book.records)
     if evaluator.is_tpi_order([loc.resource for loc in doc.draft_orders]):
         return doc, "already has a trigger point injection order; --injectate/--site ignored"
     patient = next((loc.resource for loc in doc.resources

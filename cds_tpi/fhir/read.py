@@ -44,29 +44,78 @@ class Document:
     def hook(self) -> str | None:
         return self.request.get("hook") if self.request else None
 
-    def with_drafts(self, is_order=None) -> "Document":
+    def with_drafts(self, is_order=None, policy=None) -> "Document":
         """This document with its planned orders in `draft_orders`. A CDS Hooks request has them in
         context.draftOrders already; in any other input they are the draft ServiceRequests and
         MedicationRequests among the resources, which are moved out of `resources`, and every
         MedicationRequest basedOn one of those draft ServiceRequests that `is_order` accepts (the TPI
         order; any draft ServiceRequest when None), whatever its status unless it has ended
-        (ENDED_INJECTATE_STATUS): an EHR may send the order's injectate as `active` beside the draft."""
+        (ENDED_INJECTATE_STATUS): an EHR may send the order's injectate as `active` beside the draft.
+
+        With `policy` (rules/records.yaml, the one home of these status lists), a TPI ServiceRequest
+        (`is_order`) whose status the ServiceRequest policy counts for the planned order (draft, active:
+        an order signed before the CDS call) is the planned order too, with its basedOn
+        MedicationRequests, unless it has been performed: a Procedure in the input basedOn it whose
+        status the Procedure policy counts as done (completed, in-progress). A performed order is
+        history (its Procedure is the past TPI the interval checks see). Only a Procedure that says so
+        by basedOn marks it done: a Procedure in another status (preparation, not-done,
+        entered-in-error) or not linked to the order does not, because reading a planned injection as
+        history silences every check of it (a wrong all-clear), while reading a done one as planned
+        only adds cards a clinician can dismiss."""
         if self.draft_orders is not None:
             return self
         drafts = [loc for loc in self.resources if is_plain_draft(loc.resource)]
+        if policy is not None and is_order is not None:
+            drafts += [loc for loc in self.resources if not is_plain_draft(loc.resource)
+                       and _planned_order(loc, self.resources, is_order, policy)]
         keys: set[str] = set()
         for loc in drafts:
             r = loc.resource
             if r.get("resourceType") == "ServiceRequest" and (is_order is None or is_order(r)):
-                if isinstance(r.get("id"), str):
-                    keys.add(f"ServiceRequest/{r['id']}")
-                if loc.full_url:
-                    keys.update((loc.full_url, normalize(loc.full_url)))
+                keys |= _keys_of(loc)
         if keys:
             drafts += [loc for loc in self.resources if not is_plain_draft(loc.resource) and _based_on(loc.resource, keys)]
         chosen = {id(loc) for loc in drafts}
         rest = [loc for loc in self.resources if id(loc) not in chosen]
         return replace(self, resources=rest, draft_orders=drafts)
+
+
+def _keys_of(loc: Located) -> set[str]:
+    """The references a resource may be pointed at by: Type/id, its fullUrl (as written and normalised)."""
+    r, keys = loc.resource, set()
+    if isinstance(r.get("id"), str) and isinstance(r.get("resourceType"), str):
+        keys.add(f"{r['resourceType']}/{r['id']}")
+    if loc.full_url:
+        keys.update((loc.full_url, normalize(loc.full_url)))
+    return keys
+
+
+def _planned_order(loc: Located, resources: list[Located], is_order, policy) -> bool:
+    """A TPI ServiceRequest (not a draft) in a status records.yaml counts for the planned order, with no
+    Procedure basedOn it in a status records.yaml counts as done (see Document.with_drafts)."""
+    r = loc.resource
+    if not isinstance(r, dict) or r.get("resourceType") != "ServiceRequest":
+        return False
+    statuses = policy.for_type("ServiceRequest").status
+    if statuses is None or r.get("status") not in statuses or not is_order(r):
+        return False
+    keys = _keys_of(loc)
+    done = policy.for_type("Procedure").status
+    for other in resources:
+        p = other.resource
+        if (isinstance(p, dict) and p.get("resourceType") == "Procedure"
+                and (done is None or p.get("status") in done) and _refers_to(p.get("basedOn"), keys)):
+            return False
+    return True
+
+
+def _refers_to(references, keys: set[str]) -> bool:
+    """Does a list of References point at one of these keys (Type/id or fullUrl)?"""
+    for b in references if isinstance(references, list) else ():
+        ref = b.get("reference") if isinstance(b, dict) else None
+        if isinstance(ref, str) and (ref in keys or normalize(ref) in keys):
+            return True
+    return False
 
 
 # A MedicationRequest in these statuses will not be given (FHIR R4 medicationrequest-status): it is not
@@ -80,12 +129,7 @@ def _based_on(resource, keys: set[str]) -> bool:
     if (not isinstance(resource, dict) or resource.get("resourceType") != "MedicationRequest"
             or (isinstance(resource.get("status"), str) and resource["status"] in ENDED_INJECTATE_STATUS)):
         return False
-    based = resource.get("basedOn")
-    for b in based if isinstance(based, list) else ():
-        ref = b.get("reference") if isinstance(b, dict) else None
-        if isinstance(ref, str) and (ref in keys or normalize(ref) in keys):
-            return True
-    return False
+    return _refers_to(resource.get("basedOn"), keys)
 
 
 def is_plain_draft(resource) -> bool:
