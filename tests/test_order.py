@@ -483,3 +483,22 @@ def test_the_service_gate_evaluates_an_unrecognised_injection_order(evaluator):
     assert should_evaluate(call, evaluator)
     lab_only = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": _sr("lab1", "CBC")}]}
     assert not should_evaluate(HookCall(service, {"context": {"draftOrders": lab_only}}, "x", "p1", None, None), evaluator)
+
+
+@pytest.mark.parametrize("selections,drafts,expected", [
+    (["ServiceRequest/sr1"], [{"fullUrl": "urn:uuid:a", "resource": _sr("sr1", "Trigger point injection")}], True),
+    (["urn:uuid:a"], [{"fullUrl": "urn:uuid:a", "resource": {k: v for k, v in _sr("sr1", "Trigger point injection").items() if k != "id"}}], True),
+    (["https://ehr.example.org/fhir/ServiceRequest/sr1"], [{"resource": _sr("sr1", "Trigger point injection")}], True),
+    # the selected lidocaine order belongs to the TPI order it is basedOn
+    (["MedicationRequest/mr1"], [{"resource": _sr("sr1", "Trigger point injection")},
+                                 {"resource": _mr("mr1", "ServiceRequest/sr1", medicationCodeableConcept={"text": "lidocaine"})}], True),
+    (["ServiceRequest/lab1"], [{"resource": _sr("sr1", "Trigger point injection")}, {"resource": _sr("lab1", "CBC")}], False),
+])
+def test_order_select_gate_finds_the_selected_drafts(evaluator, selections, drafts, expected):
+    """order-select evaluates when a selected draft - named by Type/id, by its entry's fullUrl, or an
+    absolute URL - is a TPI or belongs to one (audit-2 r10: a draft selected by its urn:uuid got no answer)."""
+    from cds_tpi.service.hooks import HookCall, should_evaluate
+    from cds_tpi.service.discovery import SERVICES
+    service = next(s for s in SERVICES.values() if s.hook == "order-select")
+    context = {"selections": selections, "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": drafts}}
+    assert should_evaluate(HookCall(service, {"context": context}, "x", "p1", None, None), evaluator) is expected

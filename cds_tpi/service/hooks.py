@@ -12,6 +12,7 @@ import orjson
 
 from cds_tpi.service.discovery import SERVICES, Service
 from cds_tpi.order import appointment_as_orders
+from cds_tpi.fhir.refs import normalize
 from cds_tpi.service.outcomes import HttpError
 # The request's shape (fields, kinds, patterns, each hook's context) is one JSON Schema,
 # cds_tpi/schemas/cds-hooks-request.schema.json: it is both this validation and the OpenAPI
@@ -80,8 +81,7 @@ def orders_to_check(call: HookCall) -> list[dict] | None:
     context = call.request["context"]
     hook = call.service.hook
     if hook == "order-select":
-        selected = set(context["selections"])
-        return [r for r in bundle_resources(context["draftOrders"]) if _reference(r) in selected]
+        return _selected(context["draftOrders"], context["selections"])
     if hook == "order-sign":
         return bundle_resources(context["draftOrders"])
     if hook == "appointment-book":
@@ -105,3 +105,21 @@ def bundle_resources(bundle: dict) -> list[dict]:
 
 def _reference(resource: dict) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def _selected(draft_orders: dict, selections: list[str]) -> list[dict]:
+    """The selected drafts, and the drafts they are basedOn (a selected lidocaine order belongs to the
+    TPI order it is basedOn). A selection names its draft as `Type/id`, or by the entry's fullUrl
+    (`urn:uuid:...`, an absolute URL), as EHRs whose drafts have no id send it."""
+    wanted = {normalize(s) for s in selections} | set(selections)
+    entries = [e for e in draft_orders.get("entry") or () if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    keys = []
+    for e in entries:
+        full_url = e.get("fullUrl") if isinstance(e.get("fullUrl"), str) else None
+        keys.append({_reference(e["resource"])} | ({full_url, normalize(full_url)} if full_url else set()))
+    chosen = [i for i, k in enumerate(keys) if k & wanted]
+    based_on = {normalize(b["reference"]) if not b["reference"].startswith("urn:") else b["reference"]
+                for i in chosen for b in entries[i]["resource"].get("basedOn") or ()
+                if isinstance(b, dict) and isinstance(b.get("reference"), str)}
+    chosen += [i for i, k in enumerate(keys) if i not in chosen and k & based_on]
+    return [entries[i]["resource"] for i in sorted(chosen)]

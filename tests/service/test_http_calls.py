@@ -83,9 +83,20 @@ def test_same_cards_as_the_engine_called_directly(service, evaluator):
 
 def test_order_select_without_a_tpi_selected_gives_no_cards(service):
     request = hook_request("order-select")
-    request["context"]["selections"] = ["MedicationRequest/lido-1"]
+    drafts = request["context"]["draftOrders"]
+    drafts["entry"].append({"resource": {"resourceType": "ServiceRequest", "id": "lab-1", "status": "draft", "intent": "order",
+                                         "subject": {"reference": f"Patient/{PATIENT_ID}"}, "code": {"text": "CBC"}}})
+    request["context"]["selections"] = ["ServiceRequest/lab-1"]
     r = service.post("/cds-services/tpi-order-select", request)
     assert r.status_code == 200 and r.json() == {"cards": []}
+
+
+def test_order_select_of_the_tpis_injectate_is_evaluated(service):
+    """Selecting the lidocaine of a TPI order (basedOn it) is a selection in a TPI: its checks run."""
+    request = hook_request("order-select")
+    request["context"]["selections"] = ["MedicationRequest/lido-1"]
+    r = service.post("/cds-services/tpi-order-select", request)
+    assert r.status_code == 200 and r.json()["cards"]
 
 
 def test_order_sign_without_a_tpi_draft_gives_no_cards(service):
