@@ -9,7 +9,7 @@ from rules/records.yaml and rules/valuesets; nothing clinical is written here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import InputError
 from .fhir.datatypes import codeable
@@ -28,6 +28,11 @@ _PERCENT = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,4})?)\s{0,3}%")
 # a comma not inside a number ("1:100,000").
 _COMPONENTS = re.compile(r"\s/\s|\+|;|\bwith\b|\bw/|\band\b|,(?!\d)", re.IGNORECASE)
 PERCENT_MG_PER_ML = 10.0  # 1 % w/v = 1 g / 100 mL = 10 mg/mL
+# A name that describes a mixture of stock solutions drawn up together (records.yaml volume_units): a word
+# for mixing, a "+" between the solutions, or a mixing ratio "1:1", "50:50", "2:1", "1:1:1" (parts of at most
+# two digits, so an epinephrine ratio "1:100,000" / "1:200000" never reads as one).
+_MIX_WORD = re.compile(r"\b(?:mix|mixt|mixture|mixed|admix|admixture)\b|\+", re.IGNORECASE)
+_MIX_RATIO = re.compile(r"(?<![\d.,:])(\d{1,2}(?:\s{0,2}:\s{0,2}\d{1,2}){1,3})(?![\d.,:])")
 
 UCUM = "http://unitsofmeasure.org"
 _DOSE_OPTION = re.compile(r"^\s*(\d{1,6}(?:\.\d{1,6})?)\s{0,3}([A-Za-z\[\]]{1,10})\s*$")
@@ -228,6 +233,79 @@ def agent_strength(product: Product, agent: str, others: set[str], term, policy:
 
 
 @dataclass(frozen=True)
+class Mixture:
+    """How a product with several anesthetics whose strengths come from its name is made up.
+
+    `kind`: "final" - the name gives each anesthetic's concentration in the final product (RxNorm's
+    "bupivacaine hydrochloride 3.75 MG/ML / lidocaine hydrochloride 10 MG/ML Injectable Solution":
+    every anesthetic with a mass-per-volume strength and no percent), `texts` those names: the whole
+    volume x each strength is right; "mixture" - the name describes stock solutions drawn up together
+    ("lidocaine 1% / bupivacaine 0.25% 1:1 mixture": a percent strength and a word for mixing, a "+"
+    or a mixing ratio): each strength is that of its stock solution, so each anesthetic's share of the
+    volume is the ratio the name states (`shares`, by value set), or unknown (`shares` None) - never the
+    whole volume x each stock strength; `texts` the mixture name."""
+
+    kind: str
+    texts: tuple[str, ...]
+    shares: dict[str, float] | None = None
+    ratio: str = ""
+
+
+def _agent_parts(text: str, agents: set[str], term) -> list[tuple[str, str]] | None:
+    """(agent, part) for each part of a name (split where it separates ingredients) that names one of these
+    anesthetics, in the order the name gives them; None when a part names two (their order is unknown)."""
+    out = []
+    for part in _COMPONENTS.split(text[:MAX_TEXT]):
+        named = term.match([], [part]).all & agents
+        if len(named) > 1:
+            return None
+        if named:
+            out.append((next(iter(named)), part))
+    return out
+
+
+def mixture(product: Product, agents: list[AgentLimit], term, policy: RecordPolicy) -> Mixture | None:
+    """How a product holding two or more limited anesthetics is made up (see Mixture), when their
+    strengths come from its names: a final-concentration name (RxNorm style, as a coded product's display
+    or value-set name gives it) wins over a mixture name; None when every anesthetic has a
+    Medication.ingredient strength (per mL of the final product: already right), when there is only one
+    anesthetic, or when no name is of either kind (the strengths are then read as before)."""
+    ids = {a.valueset for a in agents}
+    if len(ids) < 2:
+        return None
+    with_strength = {a for vs, strength in product.ingredients for a in ids & vs
+                     if _ratio_mg_per_ml(strength, policy) is not None}
+    if with_strength >= ids:
+        return None
+    final, mixed = [], None
+    for text in product.texts:
+        parts = _agent_parts(text, ids, term)
+        if parts is None:
+            if _MIX_WORD.search(text[:MAX_TEXT]) and _percents_in(text):
+                mixed = mixed or (text, None)
+            continue
+        named = [a for a, _ in parts]
+        percent = any(_percents_in(p) for _, p in parts)
+        if (not percent and set(named) == ids and len(named) == len(ids)
+                and all(_STRENGTH.search(p[:MAX_TEXT]) for _, p in parts)):
+            final.append(text)
+        elif percent and (_MIX_WORD.search(text[:MAX_TEXT]) or _MIX_RATIO.search(text[:MAX_TEXT])) and mixed is None:
+            mixed = (text, named)
+    if final:
+        return Mixture("final", tuple(final))
+    if mixed is None:
+        return None
+    text, named = mixed
+    ratio = _MIX_RATIO.search(text[:MAX_TEXT])
+    if ratio and named is not None and set(named) == ids and len(named) == len(ids):
+        weights = [float(w) for w in re.split(r"\s*:\s*", ratio.group(1).strip())]
+        if len(weights) == len(named) and all(w > 0 for w in weights):
+            return Mixture("mixture", (text,), {a: w / sum(weights) for a, w in zip(named, weights)},
+                           re.sub(r"\s+", "", ratio.group(1)))
+    return Mixture("mixture", (text,))
+
+
+@dataclass(frozen=True)
 class DoseLine:
     """What one dosageInstruction orders: its largest mass and its largest volume (its doseAndRate
     entries are the same dose written differently - ordered, calculated, admin amount - so the largest
@@ -371,23 +449,51 @@ def agent_doses(product: Product, dose: Dose, ref: str, term, policy: RecordPoli
     if not agents:
         return [AgentDose(None, product.name, ref, vaso, None, dose.text)]
     other_sets = {limits.vasoconstrictor_valueset} | (set(policy.injectate_valuesets) - set(limits.anesthetic_valuesets))
+    mix = mixture(product, agents, term, policy) if any(ln.ml is not None for ln in dose.each()) else None
     out = []
     for a in agents:
         others = (product.vs & other_sets) | {b.valueset for b in agents if b is not a}
-        out += _agent_dose(a, product, dose, ref, vaso, len(agents) == 1, others, term, policy)
+        out += _agent_dose(a, product, dose, ref, vaso, len(agents) == 1, others, term, policy, mix)
     return out
 
 
+def _mixture_strength(a: AgentLimit, product: Product, others: set[str], mix: Mixture, term,
+                      policy: RecordPolicy) -> tuple[float | None, str, str]:
+    """(mg/mL in the final product, how found, why unknown) of one anesthetic of a product with several
+    (see `mixture`): its Medication.ingredient strength as it is; in a final-concentration name, the
+    strength next to it; in a mixture of stock solutions, its stock strength x its share of the volume by
+    the stated ratio, else unknown."""
+    conc, found = agent_strength(replace(product, texts=()), a.valueset, others, term, policy)
+    if conc is not None:  # a Medication.ingredient strength: per mL of the final product
+        return conc, found, ""
+    conc, found = agent_strength(replace(product, texts=mix.texts), a.valueset, others, term, policy)
+    if mix.kind == "final" or conc is None:
+        return conc, found, ""
+    if mix.shares is None or a.valueset not in mix.shares:
+        return None, "", f"a mixture of stock solutions whose mixing ratio is not stated, so the share of its {a.valueset} is unknown"
+    share = mix.shares[a.valueset]
+    return (round(conc * share, 6),
+            f"{mix.ratio} mixture: {_fmt(100 * share)} % of the volume is {a.valueset} at {conc:g} mg/mL, stock strength in its name",
+            "")
+
+
 def _agent_dose(a: AgentLimit, product: Product, dose: Dose, ref: str, vaso: bool, only: bool, others: set[str],
-                term, policy: RecordPolicy) -> list[AgentDose]:
+                term, policy: RecordPolicy, mix: Mixture | None = None) -> list[AgentDose]:
     """One anesthetic's mg over every dosage line of an order: per line, a mass (when the product has
     this one anesthetic) or a volume x its strength, the larger when a line gives both. Lines with no
-    usable amount are a second AgentDose with no mg (named as not counted beside the counted total)."""
+    usable amount are a second AgentDose with no mg (named as not counted beside the counted total).
+    `mix`: how a product with several anesthetics is made up (`mixture`): a mixture of stock solutions
+    counts each anesthetic's share of the volume, never the whole volume x each stock strength."""
     lines = dose.each()
     if not lines:
         return [AgentDose(a, product.name, ref, vaso, None, dose.text)]
-    conc, found = (agent_strength(product, a.valueset, others, term, policy)
-                   if any(ln.ml is not None for ln in lines) else (None, ""))
+    why = ""
+    if not any(ln.ml is not None for ln in lines):
+        conc, found = None, ""
+    elif mix is not None:
+        conc, found, why = _mixture_strength(a, product, others, mix, term, policy)
+    else:
+        conc, found = agent_strength(product, a.valueset, others, term, policy)
     total, pieces, kinds, missing = 0.0, [], set(), []
     for ln in lines:
         options = []
@@ -402,7 +508,7 @@ def _agent_dose(a: AgentLimit, product: Product, dose: Dose, ref: str, vaso: boo
             pieces.append(text)
             kinds.add(kind)
         elif ln.ml is not None:
-            missing.append(f"{ln.ml_text}; the strength of its {a.valueset} could not be determined")
+            missing.append(f"{ln.ml_text}; " + (why or f"the strength of its {a.valueset} could not be determined"))
         else:
             missing.append(f"{ln.mg_text} of a product with several anesthetics")
     missing += list(dose.unread)
@@ -557,4 +663,4 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
 
 
 __all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
-           "strengths_in", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]
+           "strengths_in", "mixture", "Mixture", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]

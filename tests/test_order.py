@@ -119,6 +119,68 @@ def test_generated_combination_names_never_use_the_vasoconstrictor_strength(book
     assert doses[0].mg == pytest.approx(ml * conc)
 
 
+# -- a product that names two anesthetics: final concentrations or a mixture of stock solutions --------
+
+@pytest.mark.parametrize("name,want", [
+    # audit-2 r05: 20 mL of a 1:1 mixture is 10 mL of each stock solution (100 mg + 25 mg), never 20 mL of each
+    ("lidocaine 1% / bupivacaine 0.25% 1:1 mixture", {"lidocaine": 100, "bupivacaine": 25}),
+    ("Lidocaine 1% and bupivacaine 0.5% 50:50 mix", {"lidocaine": 100, "bupivacaine": 50}),
+    ("bupivacaine 0.25% + lidocaine 2% 1:3", {"bupivacaine": 12.5, "lidocaine": 300}),
+    ("lidocaine 1% with epinephrine 1:100,000 + bupivacaine 0.25%, 1:1 mixture", {"lidocaine": 100, "bupivacaine": 25}),
+    # a mixture whose ratio is not stated: each share unknown (missing-data names it), never the whole volume x each
+    ("lidocaine 1% + bupivacaine 0.25%", {"lidocaine": None, "bupivacaine": None}),
+    ("lidocaine 1% / bupivacaine 0.25% mixture", {"lidocaine": None, "bupivacaine": None}),
+    # RxNorm SCD 1012108 lists the FINAL concentration of each ingredient: the whole volume x each is right
+    ("bupivacaine hydrochloride 3.75 MG/ML / lidocaine hydrochloride 10 MG/ML Injectable Solution",
+     {"lidocaine": 200, "bupivacaine": 75}),
+])
+def test_a_mixture_of_stock_solutions_is_split_by_its_ratio(book, name, want):
+    assert _mg(book, [name], 20) == pytest.approx(want)
+
+
+def test_a_mixture_with_no_ratio_says_why_its_dose_is_unknown(book):
+    p = _product(book, ["lidocaine 1% + bupivacaine 0.25%"])
+    doses = planned.agent_doses(p, planned.Dose(ml=20, text="20 mL"), "MedicationRequest/x", book.terminology, book.records)
+    assert all(d.mg is None and "mixing ratio is not stated" in d.how for d in doses)
+    facts, total = planned.dose_facts(doses, 60.0, book.records)
+    assert total is None and all(f["undosed_count"] == 1 and f["total_mg"] == 0 for f in facts)
+
+
+def test_a_coded_final_concentration_name_wins_over_a_mixture_name(book):
+    """A product whose code's display (or value-set name) is the RxNorm final-concentration name is read
+    with it, whatever its local text says."""
+    texts = ["LIDO 1%/BUPI 0.375% MIX", "bupivacaine hydrochloride 3.75 MG/ML / lidocaine hydrochloride 10 MG/ML Injectable Solution"]
+    assert _mg(book, texts, 10) == pytest.approx({"lidocaine": 100, "bupivacaine": 37.5})
+
+
+def test_medication_ingredient_strengths_are_per_ml_of_the_final_product_even_in_a_mixture(book):
+    ml10 = {"value": 1, "unit": "mL", "code": "mL", "system": UCUM}
+    ings = [("lidocaine hydrochloride", {"numerator": {"value": 5, "unit": "mg", "code": "mg", "system": UCUM}, "denominator": ml10}),
+            ("bupivacaine hydrochloride", {"numerator": {"value": 1.25, "unit": "mg", "code": "mg", "system": UCUM}, "denominator": ml10})]
+    assert _mg(book, ["lidocaine 1% / bupivacaine 0.25% 1:1 mixture"], 20, ings) == pytest.approx({"lidocaine": 100, "bupivacaine": 25})
+
+
+_stock = st.sampled_from([("lidocaine", [0.5, 1, 1.5, 2]), ("bupivacaine", [0.25, 0.5, 0.75]),
+                          ("ropivacaine", [0.2, 0.5, 0.75]), ("mepivacaine", [1, 1.5, 2])])
+
+
+@settings(max_examples=200, deadline=None)
+@given(pair=st.lists(_stock, min_size=2, max_size=2, unique_by=lambda s: s[0]), data=st.data(),
+       ratio=st.tuples(st.integers(1, 9), st.integers(1, 9)), ml=st.integers(1, 60),
+       sep=st.sampled_from([" / ", " + ", " and ", ", "]), marker=st.sampled_from(["mixture", "mix", ""]))
+def test_generated_mixtures_split_the_volume_by_their_ratio(book, pair, data, ratio, ml, sep, marker):
+    """Property: a name of two stock solutions with a mixing ratio gives each anesthetic its share of the
+    volume (volume x its part of the ratio x its stock strength); the shares never add up to more than the
+    volume (never the whole volume x each stock strength)."""
+    (a, a_pcts), (b, b_pcts) = pair
+    pa, pb = data.draw(st.sampled_from(a_pcts)), data.draw(st.sampled_from(b_pcts))
+    name = f"{a} {pa:g}%{sep}{b} {pb:g}% {ratio[0]}:{ratio[1]} {marker}".strip()
+    got = _mg(book, [name], ml)
+    want = {a: ml * ratio[0] / sum(ratio) * pa * 10, b: ml * ratio[1] / sum(ratio) * pb * 10}
+    assert got == pytest.approx(want, abs=1e-3), name  # mg are rounded to 0.001
+    assert got[a] / (pa * 10) + got[b] / (pb * 10) == pytest.approx(ml, abs=1e-2)
+
+
 def _dose(book, agent, mg, vaso=False, name=None):
     limit = next(a for a in book.records.anesthetic_limits.agents if a.valueset == agent)
     return planned.AgentDose(limit, name or agent, f"MedicationRequest/{agent}{mg}", vaso, mg, f"{mg} mg")
