@@ -466,27 +466,46 @@ class FactBuilder:
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 
     def _observation(self, r: dict) -> None:
-        """First pass: value sets and date only; the facts are built in _build_observations."""
+        """First pass: value sets and date only; the facts are built in _build_observations. Each
+        `component` (a PT/INR panel's INR) whose code a value set knows is a result of its own, dated and
+        statused like its Observation."""
         codes, texts = _codeable(r.get("code"))
         vs, text_only = self._member(codes, [])  # labs are matched by code only
-        if not vs:
-            return
         when = observation_date(r)
-        self._pending_observations.append((r, codes, texts, vs, text_only, when, self._age_days(when) if when else None))
+        age = self._age_days(when) if when else None
+        if vs:
+            self._pending_observations.append((r, codes, texts, vs, text_only, when, age, None))
+        components = r.get("component")
+        if not isinstance(components, list):
+            return
+        for i, c in enumerate(components):
+            if not isinstance(c, dict):
+                continue
+            ccodes, ctexts = _codeable(c.get("code"))
+            cvs, ctext_only = self._member(ccodes, [])
+            if cvs:
+                self._pending_observations.append((c, ccodes, ctexts, cvs, ctext_only, when, age, (r, i, codes, texts)))
 
     def _build_observations(self) -> None:
         """Observation facts with latest_in: the value sets in which each is the newest (ties: all)."""
         newest: dict[str, int] = {}
-        for _, _, _, vs, _, _, age in self._pending_observations:
+        for _, _, _, vs, _, _, age, _ in self._pending_observations:
             if age is not None:
                 for v in vs:
                     if v not in newest or age < newest[v]:
                         newest[v] = age
-        for r, codes, texts, vs, text_only, when, age in self._pending_observations:
+        for r, codes, texts, vs, text_only, when, age, parent in self._pending_observations:
             latest_in = [v for v in vs if age is not None and newest.get(v) == age]
             if self.latest_only and not latest_in:
                 continue  # no rule can match an older result (see Evaluator)
-            fields = dict(ref=ref_key(r) or "", name=_display(r.get("code"), "observation", (codes, texts)), vs=vs,
+            name = _display(r.get("code"), "observation", (codes, texts))
+            if parent is None:
+                ref = ref_key(r) or ""
+            else:  # a component: its Observation, and which component (counting from 1) it is
+                owner, i, pcodes, ptexts = parent
+                ref = f"{ref_key(owner) or 'Observation'} component {i + 1}"
+                name = f"{name} (in {_display(owner.get('code'), 'observation', (pcodes, ptexts))})"
+            fields = dict(ref=ref, name=name, vs=vs,
                           text_only=text_only, code=f"{codes[0][0]}|{codes[0][1]}" if codes else "", latest_in=latest_in)
             if age is not None:
                 fields["age_days"] = age
@@ -512,6 +531,15 @@ class FactBuilder:
         if len(found) == 1:
             target, factor = found.pop()
             return {"unit": target, "factor": factor}
+        return None
+
+    @staticmethod
+    def _own_conversion(expected: dict, key: str, want: str) -> dict | None:
+        """records.yaml observation_values/<set>/units: a unit only this value set's results are also sent
+        in (HbA1c in mmol/mol), as value x factor + offset in `want`; looked up ignoring case and spaces."""
+        for unit, conv in expected.get("units", {}).items():
+            if unit.replace(" ", "").lower() == key:
+                return {"unit": want, "factor": conv["factor"], "offset": conv.get("offset", 0)}
         return None
 
     def _number_text(self, text: str):
@@ -586,9 +614,11 @@ class FactBuilder:
             fields["unit"] = ""
             return f"its value {shown!r} has no unit (the checks compare {want})"
         for unit in units:
-            conv = {"unit": want, "factor": 1} if unit.replace(" ", "").lower() == want.lower() else self._unit_conversion(unit)
+            key = unit.replace(" ", "").lower()
+            conv = ({"unit": want, "factor": 1} if key == want.replace(" ", "").lower()
+                    else self._own_conversion(expected, key, want) or self._unit_conversion(unit))
             if conv and conv["unit"] == want:
-                fields["value"], fields["unit"] = round(raw * conv["factor"], 4), want
+                fields["value"], fields["unit"] = round(raw * conv["factor"] + conv.get("offset", 0), 4), want
                 return None
         fields["unit"] = units[0]
         return f"its unit {units[0]!r} cannot be converted to {want} (rules/records.yaml observation_units)"

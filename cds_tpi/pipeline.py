@@ -115,9 +115,18 @@ class Evaluator:
                 or bool(planned.unrecognised_injection_orders(resources, self.book.terminology, self.book.records)))
 
     def _lab_sets(self, r: dict) -> frozenset:
-        """The value sets an Observation's codes are in (labs are matched by code only)."""
+        """The value sets an Observation's codes are in (labs are matched by code only), and those of its
+        components' codes: a panel's component (the INR of a PT/INR panel) is a result of its own (facts),
+        so the panel is read, validated and ranked by its date in those value sets too."""
         codes, _ = _codeable(r.get("code"))
-        return self.book.terminology.match(codes, []).by_code
+        sets = self.book.terminology.match(codes, []).by_code
+        components = r.get("component")
+        if components and isinstance(components, list):  # most results have none: no extra work for them
+            for c in components:
+                if isinstance(c, dict):
+                    ccodes, _ = _codeable(c.get("code"))
+                    sets = sets | self.book.terminology.match(ccodes, []).by_code
+        return sets
 
     def _accept_all(self, located: list, skipped: list[str], gaps: list, unread: dict | None = None,
                     now: datetime | None = None) -> list:

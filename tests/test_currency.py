@@ -268,3 +268,90 @@ def test_weight_units_are_normalised_to_kg(evaluator, unit, value, kg):
     facts = _observation_facts(evaluator, _lab("8335-2", valueQuantity={"value": value, "unit": unit}))
     obs = next(f for f in facts if f["t"] == "observation")
     assert (obs.get("value"), obs.get("unit")) == (kg, "kg")
+
+
+# -- HbA1c in IFCC units (audit 2 r14, r15) and quantitative hCG (r13): value-set units ---------------------
+@pytest.mark.parametrize("code,value,expected", [
+    ("59261-8", {"valueQuantity": {"value": 75, "unit": "mmol/mol", "system": "http://unitsofmeasure.org", "code": "mmol/mol"}}, (9.013, "%")),
+    ("4548-4", {"valueQuantity": {"value": 38, "unit": "mmol/mol"}}, (5.6282, "%")),     # IFCC units under the NGSP code
+    ("4548-4", {"valueQuantity": {"value": 48, "unit": "mmol/mol"}}, (6.543, "%")),      # 48 mmol/mol is the 6.5 % threshold
+    ("4548-4", {"valueString": "48 mmol/mol H"}, (6.543, "%")),
+    ("4548-4", {"valueQuantity": {"value": 7.2, "unit": "%"}}, (7.2, "%")),
+    ("4548-4", {"valueQuantity": {"value": 7.2, "unit": "% "}}, (7.2, "%")),
+    ("21198-7", {"valueQuantity": {"value": 15230, "unit": "m[IU]/mL"}}, (15230.0, "[IU]/L")),
+    ("21198-7", {"valueQuantity": {"value": 30, "unit": "mIU/mL"}}, (30.0, "[IU]/L")),
+    ("19080-1", {"valueQuantity": {"value": 30, "unit": "IU/L"}}, (30.0, "[IU]/L")),
+])
+def test_value_set_units_convert_with_factor_and_offset(evaluator, code, value, expected):
+    """records.yaml observation_values units: a conversion only that value set's results get (HbA1c mmol/mol ->
+    % by the NGSP-IFCC master equation, % = 0.09148 x mmol/mol + 2.152: not a pure factor)."""
+    facts = _observation_facts(evaluator, _lab(code, **value))
+    obs = next(f for f in facts if f["t"] == "observation")
+    assert (obs.get("value"), obs.get("unit")) == expected
+    assert not [f for f in facts if f["t"] == "gap"]
+
+
+@pytest.mark.parametrize("code,value,why", [
+    ("4548-4", {"valueQuantity": {"value": 7.2, "unit": "mg/dL"}}, "cannot be converted to %"),
+    ("4548-4", {"valueQuantity": {"value": 7.2}}, "no unit"),                 # % or mmol/mol: not guessed
+    ("21198-7", {"valueQuantity": {"value": 3.1, "unit": "pmol/L"}}, "cannot be converted to [IU]/L"),
+])
+def test_an_hba1c_or_hcg_in_another_unit_is_named_not_compared(evaluator, code, value, why):
+    facts = _observation_facts(evaluator, _lab(code, **value))
+    assert "value" not in next(f for f in facts if f["t"] == "observation")
+    gaps = [f for f in facts if f["t"] == "gap"]
+    assert len(gaps) == 1 and why in gaps[0]["why"]
+
+
+def test_mmol_per_mol_is_converted_for_hba1c_only(evaluator):
+    """The offset conversion belongs to the hba1c value set; observation_units (read for every set) does not
+    know mmol/mol, so no other analyte is ever converted with HbA1c's equation."""
+    book = load_rulebook(RULES)
+    assert not any(u.replace(" ", "").lower() == "mmol/mol" for u in book.records.observation_units)
+    assert book.records.observation_values["hba1c"]["units"]["mmol/mol"] == {"factor": 0.09148, "offset": 2.152}
+
+
+def _kenalog_order():
+    tpi = {"resourceType": "ServiceRequest", "id": "tpi", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+           "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "20552"}]}, "bodySite": [{"text": "gluteus medius"}]}
+    steroid = {"resourceType": "MedicationRequest", "id": "s1", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+               "medicationCodeableConcept": {"text": "triamcinolone acetonide 40 mg/mL"}, "basedOn": [{"reference": "ServiceRequest/tpi"}]}
+    return [tpi, steroid]
+
+
+@pytest.mark.parametrize("mmol,card", [(75, True), (48, True), (47, False), (38, False)])
+def test_hba1c_in_mmol_per_mol_against_the_percent_threshold(evaluator, mmol, card):
+    lab = _lab("59261-8", valueQuantity={"value": mmol, "unit": "mmol/mol"})
+    ev = evaluator.evaluate_resources([PATIENT, lab], draft_orders=_kenalog_order(), now=NOW)
+    assert ("diabetes-steroid" in ev.rule_ids) is card
+
+
+SCT = "http://snomed.info/sct"
+
+
+@pytest.mark.parametrize("records,card", [
+    ([_lab("21198-7", valueQuantity={"value": 15230, "unit": "m[IU]/mL"})], True),
+    ([_lab("21198-7", valueQuantity={"value": 25, "unit": "mIU/mL"})], True),                  # the cut-off itself counts
+    ([_lab("21198-7", valueQuantity={"value": 12, "unit": "mIU/mL"})], False),                 # equivocal: not counted
+    ([_lab("21198-7", valueQuantity={"value": 30, "comparator": "<", "unit": "mIU/mL"})], False),  # a bound below
+    ([_lab("21198-7", valueString=">1000 mIU/mL")], True),
+    ([_lab("21198-7", valueQuantity={"value": 15230, "unit": "m[IU]/mL"}) | {"effectiveDateTime": "2026-10-01"}], False),  # over 30 days
+    # a newer negative qualitative test or 'not pregnant' status wins over the quantitative result
+    ([_lab("21198-7", valueQuantity={"value": 15230, "unit": "m[IU]/mL"}) | {"effectiveDateTime": "2026-11-10"},
+      _lab("2106-3", "o2", valueCodeableConcept={"coding": [{"system": SCT, "code": "260385009"}]})], False),
+    ([_lab("21198-7", valueQuantity={"value": 15230, "unit": "m[IU]/mL"}) | {"effectiveDateTime": "2026-11-10"},
+      _lab("11449-6", "o2", valueCodeableConcept={"coding": [{"system": SCT, "code": "60001007"}]})], False),
+    # ... and an older negative does not
+    ([_lab("21198-7", valueQuantity={"value": 15230, "unit": "m[IU]/mL"}),
+      _lab("2106-3", "o2", valueCodeableConcept={"coding": [{"system": SCT, "code": "260385009"}]}) | {"effectiveDateTime": "2026-11-10"}], True),
+])
+def test_a_quantitative_hcg_counts_as_a_pregnancy_test(evaluator, records, card):
+    ev = evaluator.evaluate_resources([PATIENT, *records], draft_orders=_kenalog_order(), now=NOW)
+    assert ("pregnancy-steroid" in ev.rule_ids) is card
+
+
+@pytest.mark.parametrize("answer,card", [("77386006", True), ("60001007", False)])
+def test_pregnancy_status_under_the_older_loinc_11449_6(evaluator, answer, card):
+    status = _lab("11449-6", valueCodeableConcept={"coding": [{"system": SCT, "code": answer}]})
+    ev = evaluator.evaluate_resources([PATIENT, status], draft_orders=_kenalog_order(), now=NOW)
+    assert ("pregnancy-steroid" in ev.rule_ids) is card

@@ -349,3 +349,65 @@ def test_a_draft_order_not_recognised_as_tpi_is_named_when_an_injectate_is_order
     assert [g["ref"] for g in gaps] == ["ServiceRequest/sr1"]
     assert "INJ MUSCLE 1-2 SITES not recognised as a trigger point injection" in gaps[0]["what"]
     assert "lidocaine 1% injection" in gaps[0]["why"]
+
+
+# -- a panel's components are results of their own (audit 2 x25: an INR sent inside a PT/INR panel) ---------
+def _panel(oid="o1", when="2026-11-22", inr=4.2, status="final", **extra):
+    return {"resourceType": "Observation", "id": oid, "status": status, "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "34528-0", "display": "PT panel"}], "text": "PROTIME/INR"},
+            "effectiveDateTime": when, **extra,
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "5902-2", "display": "Prothrombin time (PT)"}]},
+                 "valueQuantity": {"value": 41.0, "unit": "s"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "6301-6", "display": "INR"}]},
+                 **({"valueQuantity": {"value": inr, "unit": "{INR}", "system": "http://unitsofmeasure.org", "code": "{INR}"}}
+                    if inr is not None else {"dataAbsentReason": {"text": "clotted"}})}]}
+
+
+def test_a_panel_component_is_a_result_of_its_own_named_by_its_observation():
+    facts = _facts_of(_panel())
+    obs = [f for f in facts if f["t"] == "observation"]
+    assert len(obs) == 1  # the panel's own code is in no value set; its INR component is
+    inr = obs[0]
+    assert inr["ref"] == "Observation/o1 component 2"
+    assert "PROTIME/INR" in inr["name"] and "inr" in inr["latest_in"]
+    assert (inr["value"], inr["unit"], inr["date"], inr["age_days"]) == (4.2, "{INR}", "2026-11-22", 2)
+    assert next(f for f in facts if f["t"] == "inventory")["observations"] == 1
+
+
+def test_a_component_competes_with_standalone_results_for_the_newest():
+    older = _lab("6301-6", valueQuantity={"value": 1.1, "unit": "{INR}"}) | {"id": "o2", "effectiveDateTime": "2026-11-10"}
+    newer = _lab("6301-6", valueQuantity={"value": 1.1, "unit": "{INR}"}) | {"id": "o2", "effectiveDateTime": "2026-11-23"}
+    latest = lambda facts: [f["ref"] for f in facts if f["t"] == "observation" and f["latest_in"]]  # noqa: E731
+    assert latest(_facts_of(_panel(), older)) == ["Observation/o1 component 2"]
+    assert latest(_facts_of(_panel(), newer)) == ["Observation/o2"]
+
+
+def test_a_component_without_a_value_is_named_as_not_read():
+    facts = _facts_of(_panel(inr=None))
+    gaps = [f for f in facts if f["t"] == "gap"]
+    assert len(gaps) == 1 and "Observation/o1 component 2" in gaps[0]["what"] and "no value" in gaps[0]["why"]
+
+
+def test_a_component_follows_its_observations_status():
+    assert not [f for f in _facts_of(_panel(status="entered-in-error")) if f["t"] == "observation"]
+
+
+def test_the_pipeline_reads_validates_and_ranks_a_panel_by_its_components(evaluator):
+    """pipeline._lab_sets: a panel whose component is in a value set is read (not dropped as a result no
+    value set knows), validated, and its component can be the newest result of that value set."""
+    plain = _lab("6301-6", valueQuantity={"value": 1.0, "unit": "{INR}"})
+    assert "inr" in evaluator._lab_sets(_panel()) and evaluator._lab_sets(_panel()) == evaluator._lab_sets(plain)
+    older = plain | {"id": "o2", "effectiveDateTime": "2026-11-12", "valueQuantity": {"value": 1.0, "unit": "{INR}"}}
+    ev = evaluator.evaluate_resources([PATIENT, older, _panel()], now=NOW)
+    assert "bleeding-disorder" in ev.rule_ids
+    card = next(c for c in ev.cards if c["source"]["topic"]["code"] == "bleeding-disorder")
+    assert "Observation/o1 component 2" in card["detail"]
+    # the newest INR is the panel's 1.1: the older standalone 4.2 is not compared
+    high_old = plain | {"id": "o2", "effectiveDateTime": "2026-11-12", "valueQuantity": {"value": 4.2, "unit": "{INR}"}}
+    assert "bleeding-disorder" not in evaluator.evaluate_resources([PATIENT, high_old, _panel(inr=1.1)], now=NOW).rule_ids
+    # an invalid panel is named and skipped like any invalid newest result
+    bad = _panel()
+    bad["component"][1]["valueQuantity"]["value"] = "4.2 H"  # a decimal must be a JSON number
+    ev = evaluator.evaluate_resources([PATIENT, bad], now=NOW)
+    assert "bleeding-disorder" not in ev.rule_ids and any("Observation/o1" in s for s in ev.skipped)

@@ -160,3 +160,19 @@ def test_lint_refuses_a_coded_unit_no_table_converts(rules_copy):
     assert result.exit_code == 1
     assert any(ln.startswith(f"{path}:{line}:") and "'millilitre' is in no dose_units" in ln
                for ln in result.output.splitlines()), result.output
+
+
+@pytest.mark.parametrize("new,message", [
+    ('"mmol/mol": {factor: 0, offset: 2.152}', "0 is less than or equal to the minimum"),
+    ('"mmol/mol": {factor: 0.09148, offset: "2.152"}', "is not of type 'number'"),
+    ('"%": {factor: 0.09148, offset: 2.152}', "is the unit the results are compared in"),
+])
+def test_lint_checks_a_value_set_unit_conversion(rules_copy, new, message):
+    path = rules_copy / "records.yaml"
+    text = path.read_text()
+    old = '"mmol/mol": {factor: 0.09148, offset: 2.152}'
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    result = _lint(rules_copy)
+    assert result.exit_code == 1
+    assert message in result.output, result.output

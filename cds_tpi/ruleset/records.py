@@ -66,7 +66,21 @@ _SCHEMA = {
             "type": "object",
             "additionalProperties": {
                 "type": "object", "additionalProperties": False, "required": ["unit"],
-                "properties": {"unit": {"type": "string"}, "unitless_max": {"type": "number", "exclusiveMinimum": 0}},
+                "properties": {
+                    "unit": {"type": "string"},
+                    "unitless_max": {"type": "number", "exclusiveMinimum": 0},
+                    # units only this value set's results are also sent in, as value x factor + offset in `unit`
+                    # (HbA1c mmol/mol -> %: not a pure factor, and not true of other analytes in mmol/mol)
+                    "units": {
+                        "type": "object",
+                        "propertyNames": {"minLength": 1},
+                        "additionalProperties": {
+                            "type": "object", "additionalProperties": False, "required": ["factor"],
+                            "properties": {"factor": {"type": "number", "exclusiveMinimum": 0},
+                                           "offset": {"type": "number"}},
+                        },
+                    },
+                },
             },
         },
         "resources": {
@@ -140,7 +154,7 @@ class RecordPolicy:
     acute_valuesets: tuple[str, ...] = ()
     acute_window_days: int | None = None
     anesthetic_limits: AnestheticLimits | None = None
-    observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?}
+    observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?, units?: {unit: {factor, offset?}}}
     unit_codes: dict = field(default_factory=dict)           # system -> code -> UCUM unit (SNOMED CT 258773002 -> mL)
     result_flags: frozenset[str] = frozenset()              # abnormal flags beside a text result, lower case ("h", "(h)" is read as "h")
 
@@ -176,6 +190,13 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         named += [(["anesthetic_limits", "anesthetic_valuesets", i], n) for i, n in enumerate(lim["anesthetic_valuesets"])]
         named += [(["anesthetic_limits", "agents", i, "valueset"], a["valueset"]) for i, a in enumerate(lim["agents"])]
     named += [(["observation_values", n], n) for n in doc.get("observation_values", {})]
+    # a value set's own conversions (value x factor + offset) are for units other than the one it compares in
+    for n, spec in doc.get("observation_values", {}).items():
+        for unit in spec.get("units", {}):
+            if unit.replace(" ", "").lower() == spec["unit"].replace(" ", "").lower():
+                errors.append(f"{path}:{line_of(doc, ['observation_values', n, 'units', unit])}: observation_values/{n}/units: "
+                              f"'{unit}' is the unit the results are compared in ('{spec['unit']}'), not one to convert from")
+                bad = True
     for where, name in named:
         if terminology is None or terminology.resolve(name) is None:
             errors.append(f"{path}:{line_of(doc, where)}: unknown value set '{name}'")

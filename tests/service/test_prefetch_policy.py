@@ -161,9 +161,11 @@ def test_the_observations_search_asks_for_every_loinc_code_the_rules_read():
     book = load_rulebook()
     query = {k.key: k.query for k in default_prefetch_keys()}["observations"]
     asked = {c.split("|", 1)[1] for c in _params(query)["code"][0].split(",")}
-    for vid in ("platelet-count", "inr", "hba1c", "body-weight", "pregnancy-status-observations", "pregnancy-tests"):
+    for vid in ("platelet-count", "inr", "hba1c", "body-weight", "pregnancy-status-observations", "pregnancy-tests", "hcg-quantitative"):
         codes = {code for system, code in book.terminology.codes_of(book.terminology.resolve(vid) or vid) if system == LOINC}
         assert codes and codes <= asked, vid
     assert {"29463-7", "777-3", "26515-7", "6301-6", "34714-6", "4548-4"} <= asked
+    # audit 2: the older pregnancy status code, HbA1c in IFCC units, quantitative serum hCG
+    assert {"82810-3", "11449-6", "59261-8", "21198-7"} <= asked
     # answer codes (value_vs: LA6576-8 'Positive', LA15173-0 'Pregnant') are no observation's code
     assert not {c for c in asked if c.startswith("LA")}, sorted(asked)
