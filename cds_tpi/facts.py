@@ -147,10 +147,12 @@ def condition_record(r: dict, onset: date | None) -> str:
     return ", ".join([kind, status or "no clinical status", f"dated {onset.isoformat()}" if onset else "undated"])
 
 
-def _site_words(concepts) -> str:
-    """Body sites as the record words them, for a card ("Left buttock, Right trapezius"): the first
-    text of each CodeableConcept; a site sent as a code alone has no words (a rule places it by code)."""
-    words = [(_codeable(cc)[1] or [""])[0] for cc in concepts if isinstance(cc, dict)]
+def _site_words(concepts, name=None) -> str:
+    """Body sites as the record words them, for a card ("Left buttock, Right trapezius"): each
+    CodeableConcept by `name` (FactBuilder._site_name: its text, else its site coding's display with its
+    laterality: "Pectoralis major muscle, left"), else its first text; a site sent as a code alone has no
+    words (a rule places it by code)."""
+    words = [name(cc) if name else (_codeable(cc)[1] or [""])[0] for cc in concepts if isinstance(cc, dict)]
     return ", ".join(dict.fromkeys(w for w in words if w))
 
 
@@ -292,6 +294,42 @@ class FactBuilder:
         product = planned.Product(name, vs, tuple(dict.fromkeys([name] + texts + named)), tuple(ingredients))
         return product, codes, texts + named
 
+    def _site_name(self, cc, fallback: str = "") -> str:
+        """How a card names one body site (a CodeableConcept): its text; else the display, or the name the
+        value sets give, of its coding that is in a body-region value set (records.yaml region_valuesets),
+        else in any value set, with the words of its codings that are in none appended (a laterality
+        coding "Left": "Pectoralis major muscle, left"), never the laterality alone; else `fallback`
+        (a site sent as codes no value set names)."""
+        if isinstance(cc, dict) and isinstance(cc.get("concept"), dict):  # R5 CodeableReference
+            cc = cc["concept"]
+        if not isinstance(cc, dict):
+            return fallback
+        if isinstance(cc.get("text"), str) and cc["text"].strip():
+            return bounded_text(cc["text"].strip())
+        regions = set(self.policy.region_valuesets)
+        placed, other, unnamed = [], [], []   # (rank, words): 0 in a region value set, 1 in another one
+        for c in cc.get("coding") if isinstance(cc.get("coding"), list) else ():
+            if not isinstance(c, dict):
+                continue
+            code = (c["system"], str(c["code"])) if isinstance(c.get("system"), str) and c.get("code") else None
+            words = (bounded_text(str(c["display"])).strip() if c.get("display") else "") or (
+                (self.term.display_of(*code) or "") if code else "")
+            vs = self.term.match([code] if code else [], [words] if words else []).all
+            if vs & regions:
+                placed.append((0, words))
+            elif vs:
+                placed.append((1, words))
+            elif words:
+                other.append(words)
+            elif code:
+                unnamed.append(f"{code[0].rsplit('/', 1)[-1]} {code[1]}")
+        named = [w for _, w in sorted(placed, key=lambda p: p[0]) if w]
+        if not named and not unnamed:
+            return fallback if placed else ", ".join(dict.fromkeys(other))
+        name = named[0] if named else unnamed[0]   # a site coded by a code no value set names: that code
+        extra = [w.lower() for w in dict.fromkeys(other) if len(w.split()) <= 3 and w.lower() not in name.lower()]
+        return ", ".join([name] + extra)
+
     def _regions(self, codes: list, texts: list[str]) -> list[str]:
         vs, _ = self._member(codes, texts)
         return [v for v in self.policy.region_valuesets if v in vs]
@@ -403,7 +441,7 @@ class FactBuilder:
             c, t = _codeable(cc)
             body_codes, body_texts = body_codes + c, body_texts + t
         base["site_vs"] = self._member(body_codes, body_texts)[0] if body_codes or body_texts else []
-        if recorded := _site_words(sites):
+        if recorded := _site_words(sites, self._site_name):
             base["site"] = recorded
         # the region: of the body site, else of what the code says (an ICD-10-CM "cellulitis of back" code, its text)
         site_codes, site_texts = codes + body_codes, texts + body_texts
@@ -647,7 +685,7 @@ class FactBuilder:
         used_vs, _ = self._member(used_codes, used_texts)
         fields = dict(ref=key or "", name=_display(r.get("code"), "procedure"), vs=vs, text_only=text_only,
                       used_vs=used_vs, status=r.get("status", ""))
-        if recorded := _site_words(r.get("bodySite") if isinstance(r.get("bodySite"), list) else ()):
+        if recorded := _site_words(r.get("bodySite") if isinstance(r.get("bodySite"), list) else (), self._site_name):
             fields["site"] = recorded  # for a card: where it was given
         if when:
             fields["age_days"] = self._age_days(when)
@@ -715,7 +753,7 @@ class FactBuilder:
         fields = dict(ref=ref_key(a) or "", name=f"{name} (administered as a trigger point injection"
                                                  + (f": {why})" if why else ")"), vs=vs,
                       text_only=text_only, used_vs=used_vs, status=a.get("status", ""))
-        if recorded := _site_words([dosage.get("site")]):
+        if recorded := _site_words([dosage.get("site")], self._site_name):
             fields["site"] = recorded
         if when:
             fields["age_days"] = self._age_days(when)
@@ -783,7 +821,7 @@ class FactBuilder:
                 t = t + self._vs_names(c)
                 svs, s_text_only = self._member(c, t)
                 regions = [v for v in self.policy.region_valuesets if v in svs] or ["unknown"]
-                name = self._name(c, t, "site")
+                name = self._site_name(site) or self._name(c, t, "site")
                 for region in regions:
                     self._emit("site", ref=ref_key(o) or "", order=ref_key(o) or "", name=name,
                                vs=svs, text_only=s_text_only, region=region)

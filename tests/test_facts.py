@@ -351,6 +351,30 @@ def test_a_draft_order_not_recognised_as_tpi_is_named_when_an_injectate_is_order
     assert "lidocaine 1% injection" in gaps[0]["why"]
 
 
+# -- a body site named by its codings: the site, with its laterality (audit-2 s09) -----------------------
+SCT = "http://snomed.info/sct"
+PEC_LEFT = {"coding": [{"system": SCT, "code": "60005003"}, {"system": SCT, "code": "7771000", "display": "Left"}]}
+
+
+@pytest.mark.parametrize("site,name", [
+    (PEC_LEFT, "Pectoralis major muscle, left"),                                  # never "Left" alone
+    ({"coding": list(reversed(PEC_LEFT["coding"]))}, "Pectoralis major muscle, left"),
+    (dict(PEC_LEFT, text="L pec major"), "L pec major"),                          # the record's words first
+    ({"coding": [{"system": SCT, "code": "60005003", "display": "Pectoralis major structure"}]}, "Pectoralis major structure"),
+    ({"coding": [{"system": SCT, "code": "123456999"}, {"system": SCT, "code": "7771000", "display": "Left"}]}, "sct 123456999, left"),
+])
+def test_a_coded_site_is_named_by_its_site_coding_with_the_laterality(evaluator, site, name):
+    facts = _order_facts(evaluator, _tpi_with(bodySite=[site]))
+    assert {f["name"] for f in _of(facts, "site")} == {name}
+
+
+def test_a_condition_body_site_is_named_the_same_way(evaluator):
+    cellulitis = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                  "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"text": "Cellulitis"}, "bodySite": [PEC_LEFT]}
+    [cond] = {f["ref"]: f for f in _facts(evaluator, cellulitis) if f["t"] == "condition"}.values()
+    assert cond["site"] == "Pectoralis major muscle, left"
+
+
 # -- a panel's components are results of their own (audit 2 x25: an INR sent inside a PT/INR panel) ---------
 def _panel(oid="o1", when="2026-11-22", inr=4.2, status="final", **extra):
     return {"resourceType": "Observation", "id": oid, "status": status, "subject": {"reference": "Patient/p1"},
