@@ -805,6 +805,72 @@ class FactBuilder:
         injectable_valuesets. No route and no such word is not clear (the draft stays injectate)."""
         return bool(given & set(self.policy.non_injection_valuesets)) and not given & set(self.policy.injectable_valuesets)
 
+    @staticmethod
+    def _order_texts(o: dict) -> list[tuple[str, str]]:
+        """(where, text) of what an order says in words besides its code: orderDetail (R4 CodeableConcept
+        text and displays; R5 parameter valueString / valueCodeableConcept), note and patientInstruction
+        (R4 string; R5 instructionMarkdown)."""
+        out: list[tuple[str, str]] = []
+        details = o.get("orderDetail")
+        for i, od in enumerate(details if isinstance(details, list) else ()):
+            if not isinstance(od, dict):
+                continue
+            texts = list(_codeable(od)[1])
+            params = od.get("parameter")
+            for prm in params if isinstance(params, list) else ():
+                if isinstance(prm, dict):
+                    texts += [prm["valueString"]] if isinstance(prm.get("valueString"), str) else []
+                    texts += _codeable(prm.get("valueCodeableConcept"))[1]
+            out += [(f"orderDetail[{i}]", t) for t in texts]
+        notes = o.get("note")
+        for i, note in enumerate(notes if isinstance(notes, list) else ()):
+            if isinstance(note, dict) and isinstance(note.get("text"), str):
+                out.append((f"note[{i}]", note["text"]))
+        instruction = o.get("patientInstruction")
+        if isinstance(instruction, str):
+            out.append(("patientInstruction", instruction))
+        for i, pi in enumerate(instruction if isinstance(instruction, list) else ()):
+            if isinstance(pi, dict) and isinstance(pi.get("instructionMarkdown"), str):
+                out.append((f"patientInstruction[{i}]", pi["instructionMarkdown"]))
+        return [(where, bounded_text(text)) for where, text in out if text.strip()]
+
+    def _text_injectates(self, o: dict, injectates: list[dict], doses: list) -> None:
+        """The injectate of a TPI order that has no MedicationRequest of its own (none basedOn it), as the
+        order's words name it: its orderDetail, note and patientInstruction, clause by clause without
+        denied clauses ("no steroid"), each product of a clause ("Lidocaine 1% 5 mL + triamcinolone
+        (Kenalog) 40 mg") that an injectate value set knows is an injectate fact named by its words (ref:
+        the order and where, e.g. "ServiceRequest/sr1 orderDetail[0]", never the order itself, so no card
+        offers to delete the order), so the steroid, allergy, diabetes and pregnancy checks see it. The
+        same product written twice (orderDetail and note) counts once; one an unlinked draft of the order
+        set already orders is not repeated. Its dose is not read from the text: an anesthetic's dose fact
+        says it was not read (missing-data)."""
+        key = ref_key(o) or ""
+        if any(f.get("order") == key for f in injectates):
+            return  # its MedicationRequests say what it is: a note repeating them adds nothing
+        how = set(self.policy.injectable_valuesets) | set(self.policy.non_injection_valuesets)
+        kinds = set(self.policy.injectate_valuesets)
+        known: set[str] = set()
+        for f in injectates:
+            if not f.get("order"):  # an unlinked draft: part of the order set
+                known |= set(f["vs"]) - how
+        seen: set[frozenset] = set()
+        for where, text in self._order_texts(o):
+            for clause in _CLAUSES.split(text):
+                for part in planned.components(clause):
+                    # matched by its words without denied ones ("no steroid", "Kenalog not given"), named as written
+                    vs, text_only = self._member([], self._affirmed([part]))
+                    sig = frozenset(vs) - how
+                    if not sig & kinds or sig in seen or sig <= known:
+                        continue
+                    seen.add(sig)
+                    ref = f"{key} {where}"
+                    product = planned.Product(part, frozenset(vs), (part,))
+                    field_name = where.split("[", 1)[0]
+                    dose = planned.Dose(text=f"written only in the order's {field_name}, not ordered as a medication: its dose was not read")
+                    doses += planned.agent_doses(product, dose, ref, self.term, self.policy)
+                    injectates.append(self._emit("injectate", ref=ref, name=part, vs=vs, text_only=text_only,
+                                                 order=key, dose_text=""))
+
     def _orders(self, drafts: list[dict]) -> tuple[list[dict], list[dict]]:
         sr_policy = self.policy.for_type("ServiceRequest")
         orders = [r for r in drafts if planned.is_tpi(r, self.term, self.policy)
@@ -865,6 +931,8 @@ class FactBuilder:
                 fields["dose_mg"] = dose.mg
             doses += per_agent
             injectates.append(self._emit("injectate", **fields))
+        for o in orders:  # an order with no MedicationRequest of its own: its injectate as its words name it
+            self._text_injectates(o, injectates, doses)
         tpi_sets = " / ".join(f"rules/valuesets/{v}.json" for v in self.policy.tpi_order_valuesets)
         for key, drugs in unrecognised.items():
             o = other_orders[key]

@@ -177,6 +177,12 @@ def _unit_factor(table: dict, unit: str) -> float | None:
     return float(lowered[unit.lower()]) if unit.lower() in lowered else None
 
 
+def components(text: str) -> list[str]:
+    """The parts of a text where it separates ingredients (" / ", "+", ";", "with", "w/", "and", a comma not
+    in a number): "Lidocaine 1% 5 mL + triamcinolone (Kenalog) 40 mg" -> its two products."""
+    return [p.strip() for p in _COMPONENTS.split(text[:MAX_TEXT]) if p.strip()]
+
+
 def strengths_in(text: str, policy: RecordPolicy) -> set[float]:
     """Every mg/mL strength written in a text (mass per volume or percent), in mg/mL."""
     text = text[:MAX_TEXT]
@@ -663,4 +669,4 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
 
 
 __all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
-           "strengths_in", "mixture", "Mixture", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]
+           "strengths_in", "components", "mixture", "Mixture", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]

@@ -351,6 +351,62 @@ def test_a_draft_order_not_recognised_as_tpi_is_named_when_an_injectate_is_order
     assert "lidocaine 1% injection" in gaps[0]["why"]
 
 
+# -- a TPI order whose injectate is written only in its text (audit-2 r04) -------------------------------
+def _order_facts(evaluator, order, *drafts, record=()):
+    from cds_tpi.facts import FactBuilder, Inputs
+    return FactBuilder(evaluator.book.terminology, evaluator.book.records, NOW).build(
+        Inputs(record=[PATIENT, *record], drafts=[order, *drafts]))
+
+
+def _tpi_with(**words):
+    return dict(TPI_ORDER, **words)
+
+
+@pytest.mark.parametrize("words", [
+    {"orderDetail": [{"text": "Lidocaine 1% 5 mL + triamcinolone (Kenalog) 40 mg"}]},
+    {"note": [{"text": "Inject lidocaine 1% 5 mL with Kenalog 40 mg"}]},
+    {"patientInstruction": "Lidocaine 1% 5 mL; Kenalog 40 mg"},
+    # written twice (orderDetail and note): each product once
+    {"orderDetail": [{"text": "Lidocaine 1% 5 mL + triamcinolone (Kenalog) 40 mg"}],
+     "note": [{"text": "Inject lidocaine 1% 5 mL with Kenalog 40 mg"}]},
+])
+def test_an_injectate_written_only_in_the_order_is_read_from_its_words(evaluator, words):
+    facts = _order_facts(evaluator, _tpi_with(**words))
+    injectates = _of(facts, "injectate")
+    assert sorted(("lidocaine" in f["vs"], "corticosteroids" in f["vs"]) for f in injectates) == [(False, True), (True, False)]
+    assert all(f["order"] == "ServiceRequest/sr1" and f["ref"].startswith("ServiceRequest/sr1 ") for f in injectates)
+    assert all("dose_mg" not in f for f in injectates)
+    [dose] = _of(facts, "dose")   # the anesthetic's dose is not read from words: said, never guessed
+    assert dose["total_mg"] == 0 and dose["undosed_count"] == 1 and "not read" in dose["undosed"][0]
+    assert _of(facts, "inventory")[0]["injectates"] == 2
+
+
+def test_a_denied_or_unknown_product_in_the_order_text_is_not_an_injectate(evaluator):
+    facts = _order_facts(evaluator, _tpi_with(note=[{"text": "No steroid. Dry needling only"}]))
+    assert _of(facts, "injectate") == [] and _of(facts, "inventory")[0]["injectates"] == 0
+
+
+def test_the_order_text_never_repeats_a_medication_request(evaluator):
+    """A TPI with its own MedicationRequest: a note that repeats (or adds to) it is not read; an unlinked
+    draft of the order set is not repeated from the text, what it does not order is read."""
+    note = {"note": [{"text": "Inject lidocaine 1% 5 mL with Kenalog 40 mg"}]}
+    linked = _draft("m1", "LIDOCAINE HCL 1 % IJ SOLN", IM, based_on=True, dose=(5, "mL"))
+    assert [f["ref"] for f in _of(_order_facts(evaluator, _tpi_with(**note), linked), "injectate")] == ["MedicationRequest/m1"]
+    unlinked = _draft("m1", "LIDOCAINE HCL 1 % IJ SOLN", IM, dose=(5, "mL"))
+    got = _of(_order_facts(evaluator, _tpi_with(**note), unlinked), "injectate")
+    assert [f["ref"] for f in got] == ["MedicationRequest/m1", "ServiceRequest/sr1 note[0]"]
+    assert "corticosteroids" in got[1]["vs"] and "lidocaine" not in got[1]["vs"]
+
+
+def test_an_order_with_no_injectate_at_all_is_said_by_missing_data(evaluator):
+    from cds_tpi.fhir.read import read_object as read
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in (PATIENT, TPI_ORDER)]}
+    ev = evaluator.evaluate_document(read(bundle, "b"), now=NOW)
+    assert "injectate (not ordered as a medication" in _notes(ev)
+    bundle["entry"].append({"resource": _tpi_with(id="sr2", note=[{"text": "Kenalog 40 mg"}])})
+    assert "injectate (not ordered" not in _notes(evaluator.evaluate_document(read(bundle, "b"), now=NOW))
+
+
 # -- a body site named by its codings: the site, with its laterality (audit-2 s09) -----------------------
 SCT = "http://snomed.info/sct"
 PEC_LEFT = {"coding": [{"system": SCT, "code": "60005003"}, {"system": SCT, "code": "7771000", "display": "Left"}]}
