@@ -874,7 +874,7 @@ class FactBuilder:
     def _orders(self, drafts: list[dict]) -> tuple[list[dict], list[dict]]:
         sr_policy = self.policy.for_type("ServiceRequest")
         orders = [r for r in drafts if planned.is_tpi(r, self.term, self.policy)
-                  and (sr_policy.status is None or r.get("status") in sr_policy.status)]
+                  and (sr_policy.status is None or _text(r.get("status")) in sr_policy.status)]
         order_keys = {ref_key(o) for o in orders}
         order_facts = []
         for o in orders:

@@ -97,16 +97,22 @@ def _planned_order(loc: Located, resources: list[Located], is_order, policy) -> 
     if not isinstance(r, dict) or r.get("resourceType") != "ServiceRequest":
         return False
     statuses = policy.for_type("ServiceRequest").status
-    if statuses is None or r.get("status") not in statuses or not is_order(r):
+    if statuses is None or _status(r) not in statuses or not is_order(r):
         return False
     keys = _keys_of(loc)
     done = policy.for_type("Procedure").status
     for other in resources:
         p = other.resource
         if (isinstance(p, dict) and p.get("resourceType") == "Procedure"
-                and (done is None or p.get("status") in done) and _refers_to(p.get("basedOn"), keys)):
+                and (done is None or _status(p) in done) and _refers_to(p.get("basedOn"), keys)):
             return False
     return True
+
+
+def _status(resource: dict) -> str | None:
+    """A resource's status when it is a string (unvalidated JSON may hold a list or an object there)."""
+    status = resource.get("status")
+    return status if isinstance(status, str) else None
 
 
 def _refers_to(references, keys: set[str]) -> bool:
