@@ -70,18 +70,48 @@ def unrecognised_injection_orders(resources, term, policy: RecordPolicy) -> list
         targets = [t for t in targets if t in requests]
         if not targets:
             continue
-        codes, texts = codeable(r.get("medicationCodeableConcept") or _get(r.get("medication"), "concept"))
-        for med in _list(r.get("contained")):
-            if isinstance(med, dict) and med.get("resourceType") == "Medication":
-                c, t = codeable(med.get("code"))
-                codes, texts = codes + c, texts + t
-        ref = r.get("medicationReference") or _get(r.get("medication"), "reference")
-        if isinstance(ref, dict) and isinstance(ref.get("display"), str):
-            texts.append(ref["display"])
-        if term.match(codes, texts).all & set(policy.injectate_valuesets):
+        if _is_injectate(r, term, policy):
             for t in targets:
                 found.setdefault(t, requests[t])
     return list(found.values())
+
+
+def _is_injectate(r: dict, term, policy: RecordPolicy) -> bool:
+    """A MedicationRequest whose drug (medication concept, contained Medication, or the reference's
+    display) is in the injectate value sets (a local anesthetic, a steroid, saline)."""
+    codes, texts = codeable(r.get("medicationCodeableConcept") or _get(r.get("medication"), "concept"))
+    for med in _list(r.get("contained")):
+        if isinstance(med, dict) and med.get("resourceType") == "Medication":
+            c, t = codeable(med.get("code"))
+            codes, texts = codes + c, texts + t
+    ref = r.get("medicationReference") or _get(r.get("medication"), "reference")
+    if isinstance(ref, dict) and isinstance(ref.get("display"), str):
+        texts.append(ref["display"])
+    return bool(term.match(codes, texts).all & set(policy.injectate_valuesets))
+
+
+def injectates_for_tpi(resources, term, policy: RecordPolicy) -> list[dict]:
+    """Draft injectate MedicationRequests that say they are for a trigger point injection (their reason,
+    note, dosage text or instructions are in tpi_order_valuesets: "lidocaine 1% inj for TPI"), with no
+    TPI order beside them: an order set of the medication alone. The service evaluates it (the CLI
+    always evaluates), so its dose, allergy and steroid checks run instead of no answer at all."""
+    out = []
+    for r in resources:
+        if not isinstance(r, dict) or r.get("resourceType") != "MedicationRequest":
+            continue
+        codes, texts = [], []
+        concepts = _list(r.get("reasonCode")) + [x.get("concept") for x in _list(r.get("reason")) if isinstance(x, dict)]
+        for di in _list(r.get("dosageInstruction")):
+            if isinstance(di, dict):
+                concepts += _list(di.get("additionalInstruction"))
+                texts += [t for t in (di.get("text"), di.get("patientInstruction")) if isinstance(t, str)]
+        for cc in concepts:
+            c, t = codeable(cc)
+            codes, texts = codes + c, texts + t
+        texts += [n["text"] for n in _list(r.get("note")) if isinstance(n, dict) and isinstance(n.get("text"), str)]
+        if (texts or codes) and term.match(codes, texts).all & set(policy.tpi_order_valuesets) and _is_injectate(r, term, policy):
+            out.append(r)
+    return out
 
 
 def appointment_as_orders(appointment: dict) -> list[dict]:
@@ -668,5 +698,5 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
     return out
 
 
-__all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
+__all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "injectates_for_tpi", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
            "strengths_in", "components", "mixture", "Mixture", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]

@@ -108,11 +108,14 @@ class Evaluator:
         return planned.is_tpi_order(resources, self.book.terminology, self.book.records)
 
     def may_be_tpi_order(self, resources: list[dict]) -> bool:
-        """True for a TPI order, and for a procedure order not recognised as one that has a local anesthetic
-        or steroid ordered with it (order.unrecognised_injection_orders): the service evaluates both, so
-        the second is named in the missing-data card instead of getting no answer at all."""
+        """True for a TPI order; for a procedure order not recognised as one that has a local anesthetic
+        or steroid ordered with it (order.unrecognised_injection_orders); and for an injectate ordered
+        alone whose reason or notes say it is for a TPI (order.injectates_for_tpi). The service evaluates
+        all three, so the last two are answered (named in missing-data, dose checked) instead of silence."""
+        term, policy = self.book.terminology, self.book.records
         return (self.is_tpi_order(resources)
-                or bool(planned.unrecognised_injection_orders(resources, self.book.terminology, self.book.records)))
+                or bool(planned.unrecognised_injection_orders(resources, term, policy))
+                or bool(planned.injectates_for_tpi(resources, term, policy)))
 
     def _lab_sets(self, r: dict) -> frozenset:
         """The value sets an Observation's codes are in (labs are matched by code only), and those of its

@@ -564,3 +564,21 @@ def test_order_select_gate_finds_the_selected_drafts(evaluator, selections, draf
     service = next(s for s in SERVICES.values() if s.hook == "order-select")
     context = {"selections": selections, "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": drafts}}
     assert should_evaluate(HookCall(service, {"context": context}, "x", "p1", None, None), evaluator) is expected
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ({"note": [{"text": "lidocaine 1% inj for TPI - bilateral upper trapezius"}]}, True),
+    ({"reasonCode": [{"text": "Trigger point injection"}]}, True),
+    ({"dosageInstruction": [{"text": "inject 3 mL into each trigger point"}]}, True),
+    ({"note": [{"text": "for laceration repair"}]}, False),
+    ({}, False),
+])
+def test_an_injectate_ordered_alone_for_a_tpi_is_evaluated(book, evaluator, extra, expected):
+    """order-sign whose draftOrders hold only the injectate, saying it is for a TPI (audit-3b o06/o07):
+    the service evaluates it (dose, allergy and steroid checks) instead of answering no cards."""
+    lido = {"resourceType": "MedicationRequest", "id": "mr1", "status": "draft", "intent": "order",
+            "medicationCodeableConcept": {"text": "LIDOCAINE HCL 1 % IJ SOLN"}, **extra}
+    assert bool(planned.injectates_for_tpi([lido], book.terminology, book.records)) is expected
+    assert evaluator.may_be_tpi_order([lido]) is expected
+    ondansetron = dict(lido, medicationCodeableConcept={"text": "ondansetron 4 mg"})
+    assert not planned.injectates_for_tpi([ondansetron], book.terminology, book.records)
