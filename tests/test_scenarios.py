@@ -91,3 +91,36 @@ def test_every_rule_has_a_positive_and_a_negative_sample():
             if rule not in expects and (p.name.startswith(rule + "-") or rule in side.get("negative_for", [])):
                 negatives.append(p)
         assert negatives, f"no negative sample for {rule} (name it '{rule}-negative-….json')"
+
+
+def _hook_requests():
+    import orjson
+    out = []
+    for p in SAMPLE_FILES:
+        if p.suffix != ".json":
+            continue
+        try:
+            body = orjson.loads(p.read_bytes())
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(body, dict) and body.get("hook") in ("order-select", "order-sign", "appointment-book"):
+            out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("path", _hook_requests(), ids=[p.name for p in _hook_requests()])
+def test_the_service_gate_evaluates_every_hook_sample_that_expects_cards(path, evaluator):
+    """The CLI always evaluates a CDS Hooks request; the service first asks its gate (is the order a TPI,
+    or may it be one?) and answers no cards when it says no. A sample whose expected cards are not empty
+    must pass the gate, or the service would be silent where the CLI is not (audit 3: the two front doors
+    disagreed for an injectate ordered alone)."""
+    import orjson
+    from cds_tpi.service.discovery import SERVICES
+    from cds_tpi.service.hooks import HookCall, should_evaluate
+    expected = yaml.safe_load(_sidecar(path).read_text())
+    body = orjson.loads(path.read_bytes())
+    service = next(s for s in SERVICES.values() if s.hook == body["hook"])
+    call = HookCall(service, body, "x", str(body.get("context", {}).get("patientId", "")), None, None)
+    if expected["cards"]:
+        assert should_evaluate(call, evaluator), (
+            f"{path.name}: expects {[c['rule'] for c in expected['cards']]} but the service gate would answer no cards")
