@@ -96,11 +96,40 @@ SYSTEM_ALIASES = {
 }
 
 
+NDC = "http://hl7.org/fhir/sid/ndc"
+_NDC_SEGMENTS = {(4, 4, 2): (5, 4, 2), (5, 3, 2): (5, 4, 2), (5, 4, 1): (5, 4, 2), (5, 4, 2): (5, 4, 2),
+                 (4, 4): (5, 4), (5, 3): (5, 4), (5, 4): (5, 4)}
+
+
+def normalize_ndc(code: str) -> str:
+    """An NDC as one unambiguous digit string: a package code (labeler-product-package) as the 11-digit
+    5-4-2 HIPAA form ("0003-0293-05", "00003-0293-05", "00003029305" -> "00003029305"), a product code
+    (labeler-product) as 9 digits, 5-4 ("0003-0293" -> "000030293"). Each hyphenated segment is
+    zero-padded to its 5-4-2 width, so the 10-digit label forms 4-4-2, 5-3-2 and 5-4-1 all land on the
+    same code. An 11- or 9-digit code without hyphens is already in that form; anything else (a 10-digit
+    code without hyphens, whose short segment cannot be known) is returned as written."""
+    code = code.strip()
+    parts = code.split("-")
+    if len(parts) > 1:
+        if not all(p.isdigit() for p in parts):
+            return code
+        widths = _NDC_SEGMENTS.get(tuple(len(p) for p in parts))
+        return "".join(p.zfill(w) for p, w in zip(parts, widths)) if widths else code
+    return code
+
+
+def ndc_product(code: str) -> str | None:
+    """The 9-digit product code (labeler + product) of a normalised 11-digit package NDC: every package
+    of one product is the same drug, strength and dosage form (FDA NDC structure)."""
+    return code[:9] if len(code) == 11 and code.isdigit() else None
+
+
 @functools.lru_cache(maxsize=4096)
 def canonical_coding(system: str, code: str) -> tuple[str, str]:
     """(system, code) as the value sets write them: a system OID or a trailing slash mapped to the FHIR
     URI, a SNOMED CT edition URI (http://snomed.info/sct/<module>) to SNOMED CT, and an ICD-10-CM code
-    without its dot ("L03312") or in lower case written as ICD-10-CM writes it ("L03.312")."""
+    without its dot ("L03312") or in lower case written as ICD-10-CM writes it ("L03.312"), and an NDC
+    with or without hyphens as one digit string (normalize_ndc)."""
     system = SYSTEM_ALIASES.get(system, system.rstrip("/") if system.endswith("/") else system)
     if system.startswith(SNOMED + "/"):
         system = SNOMED
@@ -108,6 +137,8 @@ def canonical_coding(system: str, code: str) -> tuple[str, str]:
         code = code.strip().upper()
         if "." not in code and len(code) > 3:
             code = code[:3] + "." + code[3:]
+    elif system == NDC:
+        code = normalize_ndc(code)
     return system, code
 
 
@@ -167,7 +198,14 @@ class Terminology:
         text_index: dict[str, set[str]] = {}
         for vid, (codes, texts) in self.expanded.items():
             for sc in codes:
+                if not (isinstance(sc[0], str) and isinstance(sc[1], str)):
+                    continue
+                sc = canonical_coding(*sc)
                 self._code_index.setdefault(sc, set()).add(vid)
+                if sc[0] == NDC and (product := ndc_product(sc[1])):
+                    # a package NDC also stands for its product: a product code, or another package
+                    # of the same product, is the same drug and strength
+                    self._code_index.setdefault((NDC, product), set()).add(vid)
             for t in texts:
                 text_index.setdefault(t.lower(), set()).add(vid)
         # Text patterns as word sequences: every n-gram of a text is looked up, so overlapping
@@ -234,6 +272,8 @@ class Terminology:
             hit = self._code_index.get(sc)
             if hit:
                 by_code |= hit
+            if sc[0] == NDC and (product := ndc_product(sc[1])):
+                by_code |= self._code_index.get((NDC, product), set())
         by_text: set[str] = set()
         if self._max_words:
             index, longest = self._text_index, self._max_words
@@ -356,10 +396,17 @@ class Terminology:
             index = {}
             for d in self.defs.values():
                 for s, c, display in getattr(d, "displays", ()):
-                    if display:
-                        index.setdefault((s, c), display)
+                    if display and isinstance(s, str) and isinstance(c, str):
+                        sc = canonical_coding(s, c)
+                        index.setdefault(sc, display)
+                        if sc[0] == NDC and (product := ndc_product(sc[1])):
+                            index.setdefault((NDC, product), display)
             self._displays = index
-        return index.get(canonical_coding(system, code))
+        sc = canonical_coding(system, code)
+        hit = index.get(sc)
+        if hit is None and sc[0] == NDC and (product := ndc_product(sc[1])):
+            hit = index.get((NDC, product))
+        return hit
 
     def find_concept(self, text: str) -> tuple[str, str, str] | None:
         """A (system, code, display) whose display equals text (case-insensitive), from any value set."""

@@ -16,6 +16,7 @@ from cds_tpi.ruleset import load_rulebook
 from .conftest import RULES
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+NDC = "http://hl7.org/fhir/sid/ndc"
 AGENTS = ("ropivacaine", "mepivacaine", "bupivacaine", "lidocaine")
 
 
@@ -44,7 +45,7 @@ def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(bo
     checked = []
     for agent in AGENTS:
         for system, code, display in term.defs[agent].displays:
-            if system != RX or not re.search(r"\d MG/ML", display, re.I):
+            if system not in (RX, NDC) or not re.search(r"\d MG/ML", display, re.I):
                 continue
             name = term.display_of(system, code)
             assert name == display
@@ -59,6 +60,8 @@ def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(bo
             got = {d.agent.valueset: d.mg for d in _doses(book, planned.Product("", vs, (name,)), 9) if d.agent}
             assert got == want, name
             checked.append(code)
+            if system == NDC:   # an NDC is also sent as 11 digits without hyphens (as stored) or hyphenated
+                assert set(want) <= term.match([(system, f"{code[:5]}-{code[5:9]}-{code[9:]}")], []).all, code
     # mepivacaine + epinephrine 1012792 (NEMSIS); Naropin 1734478, 1734348 and bupivacaine 1724884,
     # 1725082 (MIMIC-IV map); fentanyl + ropivacaine 1233685-1233687 (OMTK); bupivacaine + lidocaine
     # 1012108 (VSAC 1021.73): valuesets/README.md "Product codes (issue 7)"
@@ -67,6 +70,10 @@ def test_every_product_code_with_a_strength_uses_its_own_anesthetics_strength(bo
     # Xylocaine SBDs 1010035, 1737563, 1737567, 1737569, Xylocaine with Epinephrine 1010755, 1010763,
     # 1010844 (40 MG/ML) and 1737744 (500 ML ... 4 MG/ML: 4, not 500) from the MIMIC-IV map
     assert {"1010035", "1737563", "1737567", "1737569", "1010755", "1010763", "1010844", "1737744"} <= set(checked)
+    # NDC-only products, named in the value sets by their MIMIC-IV map RxNorm names (valuesets/README.md "NDC
+    # codes"): Hospira lidocaine 1% vial 00409427601, Xylocaine with Epinephrine 1% 63323048257, Naropin
+    # 0.5% 00186086347, bupivacaine 0.5% 00409116202
+    assert {"00409427601", "63323048257", "00186086347", "00409116202"} <= set(checked)
 
 
 @pytest.mark.parametrize("code,want", [("1010755", 90), ("1010763", 180)])

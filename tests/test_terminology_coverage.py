@@ -226,3 +226,77 @@ def test_snomed_pregnancy_codes(term, code):
 def test_puerperium_and_delivery_codes_are_not_a_current_pregnancy(term, code):
     assert "pregnancy" not in _sets(term, ICD, code)
 
+
+
+# -- NDC-only medications (audit 3 a08, m03) ---------------------------------------------------------------
+# EHRs and pharmacy systems often code a medication only by its NDC. Every NDC of these value sets (MIMIC-IV
+# RxNorm map, openFDA NDC directory, ndclist.com: rules/valuesets/README.md "NDC codes"), sent alone, matches
+# its value set written 10-digit with hyphens (each label layout it can have), 5-4-2 with hyphens and as 11
+# digits without them; a product code (labeler-product) also as 9 digits.
+from cds_tpi.terminology import NDC, normalize_ndc  # noqa: E402
+
+NDC_SETS = ("corticosteroids", "lidocaine", "bupivacaine", "ropivacaine", "epinephrine", "anticoagulants",
+            "p2y12-inhibitors", "vitamin-k-antagonists")
+
+
+def _ndc_forms(code: str) -> set[str]:
+    """Every way one NDC is written: its canonical digits, 5-4-2 (5-4) with hyphens, and each 10-digit (8-digit)
+    hyphenated label layout whose padded segment starts with a zero."""
+    digits = normalize_ndc(code)
+    widths = (5, 4, 2) if len(digits) == 11 else (5, 4)
+    parts, i = [], 0
+    for w in widths:
+        parts.append(digits[i:i + w])
+        i += w
+    forms = {code, digits, "-".join(parts)}
+    for k, p in enumerate(parts):
+        if p.startswith("0"):
+            forms.add("-".join(parts[:k] + [p[1:]] + parts[k + 1:]))
+    return forms
+
+
+def _ndc_concepts():
+    out = []
+    for vs in NDC_SETS:
+        data = json.loads((RULES / "valuesets" / f"{vs}.json").read_text())
+        for inc in data.get("compose", {}).get("include", []):
+            if inc.get("system") == NDC:
+                out += [(vs, c["code"], c["display"]) for c in inc["concept"]]
+    return out
+
+
+NDC_CONCEPTS = _ndc_concepts()
+
+
+def test_ndc_codes_are_present_and_well_formed():
+    assert {vs for vs, _, _ in NDC_CONCEPTS} == set(NDC_SETS)
+    for vs, code, display in NDC_CONCEPTS:
+        assert len(normalize_ndc(code)) in (9, 11) and normalize_ndc(code).isdigit(), (vs, code)
+        assert display.strip(), (vs, code)
+
+
+@pytest.mark.parametrize("vs,code,display", NDC_CONCEPTS, ids=[f"{v}-{c}" for v, c, _ in NDC_CONCEPTS])
+def test_every_ndc_sent_alone_matches_its_value_set_in_each_form(term, vs, code, display):
+    for form in _ndc_forms(code):
+        assert vs in _sets(term, NDC, form), (form, display)
+    assert term.display_of(NDC, normalize_ndc(code))
+
+
+@pytest.mark.parametrize("code,vs", [
+    ("0003-0293-05", "corticosteroids"),    # Kenalog-40 1 mL vial (audit a08)
+    ("00003029305", "corticosteroids"),
+    ("50458-0580-30", "anticoagulants"),    # Xarelto 10 mg bottle of 30 (audit m03, as the audit wrote it)
+    ("50458-580-30", "anticoagulants"),
+    ("50458058030", "anticoagulants"),
+    ("0409-4276-01", "lidocaine"),          # lidocaine hydrochloride 10 MG/ML (Hospira), MIMIC-IV map
+    ("63323-482-57", "epinephrine"),        # Xylocaine with Epinephrine 1%, MIMIC-IV map
+    ("0003-0894-31", "anticoagulants"),     # Eliquis 5 mg, MIMIC-IV map
+])
+def test_audit_ndcs(term, code, vs):
+    assert vs in _sets(term, NDC, code)
+
+
+@pytest.mark.parametrize("code", ["58160-0821-52", "58160082152", "0002-8900-01"])
+def test_ndc_of_an_unrelated_drug_matches_no_medication_set(term, code):
+    # 58160-0821-52: Engerix-B hepatitis B vaccine (MIMIC-IV map); 0002-8900-01: not in any set
+    assert not _sets(term, NDC, code)
