@@ -79,6 +79,12 @@ TEXTS = [
     ("Left lumbar paraspinals", {LB}, False),
     ("Left quadratus lumborum muscle", {LB}, False),
     ("R QL", {LB}, False),
+    # audit-3 s13 and site forms: plural and short forms, junction words (as the level words they abbreviate)
+    ("R QLs", {LB}, False), ("L gluts", {BH}, False), ("L levator", {HN, UB}, True), ("levator ani", set(), False),
+    ("CT junction", {HN, UB}, True), ("C-T junction", {HN, UB}, True), ("T-L junction", {UB, LB}, True),
+    ("LS junction", {LB, BH}, False), ("costovertebral", {UB, LB}, True),
+    ("iliocostalis thoracis", {UB}, True), ("longissimus thoracis", {UB}, True), ("T8 rotatores", {UB}, True),
+    ("L4 rotatores", {LB}, False),
     ("iliocostalis lumborum", {LB}, False),
     ("lower back", {LB, UB}, False),  # unchanged: "back" sits in both back regions
     ("cervical paraspinals", {HN}, False),
@@ -124,7 +130,8 @@ TEXTS = [
 ]
 
 # Named without a level: the region cannot be told from the text (sites not comparable; thoracic undecided).
-NO_REGION = ["paraspinals", "bilateral paraspinal muscles", "multifidus", "dry needling site"]
+NO_REGION = ["paraspinals", "bilateral paraspinal muscles", "multifidus", "dry needling site",
+             "rotatores", "iliocostalis", "longissimus", "L lat"]  # "lat" is also "lateral": no pattern
 
 
 @pytest.mark.parametrize("text,regions,thoracic", TEXTS, ids=[t[0] for t in TEXTS])
@@ -257,7 +264,25 @@ ICD_CODES = [
     ("L02.225", set()), ("L02.235", set()), ("L02.226", {AB}), ("L02.236", {AB}),
     # active herpes zoster: the eye codes are the head; the others say nothing of where (body site or text decides)
     ("B02.9", set()), ("B02.8", set()), ("B02.7", set()), ("B02.30", {HN}), ("B02.31", {HN}), ("B02.39", {HN}),
+    # audit 3: erysipelas, impetigo, MRSA/MSSA of unspecified site (no region); pilonidal abscess (sacrococcygeal)
+    ("A46", set()), ("L01.00", set()), ("L01.01", set()), ("L01.03", set()), ("L01.09", set()), ("L01.1", set()),
+    ("A49.01", set()), ("A49.02", set()), ("L05.01", {BH}), ("L05.02", {BH}),
+    # deep infections: the 5th character of M46.2-M46.5 is the spinal level (0 unspecified, 9 multiple: no region)
+    ("M46.20", set()), ("M46.21", {HN}), ("M46.22", {HN}), ("M46.23", {HN, UB}), ("M46.24", {UB}),
+    ("M46.25", {UB, LB}), ("M46.26", {LB}), ("M46.27", {LB, BH}), ("M46.28", {BH}),
+    ("M46.34", {UB}), ("M46.36", {LB}), ("M46.39", set()), ("M46.42", {HN}), ("M46.46", {LB}), ("M46.48", {BH}),
+    ("M46.49", set()), ("M46.54", {UB}), ("M46.57", {LB, BH}),
+    ("M60.011", {UB}), ("M60.012", {UB}), ("M60.019", {UB}), ("M60.021", {UL}), ("M60.041", {UL}),
+    ("M60.000", {UL}), ("M60.051", {LL}), ("M60.062", {LL}), ("M60.078", {LL}), ("M60.005", {LL}),
+    ("M60.009", set()), ("M60.08", set()), ("M60.09", set()), ("G06.1", set()),
 ]
+
+
+@pytest.mark.parametrize("code", ["L05.91", "L05.92", "A49.1", "Z86.19", "M46.00", "M60.10", "G06.0"])
+def test_infection_codes_left_out(term, code):
+    """Pilonidal cyst / sinus without abscess, streptococcal infection of unspecified site, a history code, spinal
+    enthesopathy, interstitial myositis and intracranial abscess are not local infections of an injection site."""
+    assert "skin-soft-tissue-infections" not in set(term.match([(ICD, code)], []).all), code
 
 
 @pytest.mark.parametrize("code", [c for c, _ in ICD_CODES])
@@ -388,6 +413,7 @@ INF_CODES = [
     ("L03.312", {INF_LUMBAR}, {UB, LB}), ("L02.212", {INF_LUMBAR}, {UB, LB}), ("L02.222", {INF_LUMBAR}, {UB, LB}),
     ("L02.232", {INF_LUMBAR}, {UB, LB}), ("L03.322", {INF_LUMBAR}, {UB, LB}), ("L02.217", {INF_LUMBAR}, {LB}),
     ("L02.416", set(), {LL}), ("L03.221", set(), {HN}),
+    ("L05.01", {INF_BUTTOCK}, {BH}), ("L05.02", {INF_BUTTOCK}, {BH}),  # pilonidal abscess: sacrococcygeal
 ]
 
 
