@@ -33,11 +33,14 @@ def explain(rules: list[Rule], facts: list[dict], findings: list, terminology, r
 def missing_data(facts: list[dict]) -> dict:
     """What the record lacked: gap facts (skipped or unavailable data) and the inventory counts."""
     inventory = next((f for f in facts if f.get("t") == "inventory"), {})
-    return {
+    out = {
         "gaps": [f.get("name", "") for f in facts if f.get("t") == "gap"],
-        "inventory": {k: v for k, v in inventory.items() if k not in ("t", "fid", "checked")},
+        "inventory": {k: v for k, v in inventory.items() if k not in ("t", "fid", "checked", "unread_sites", "unread_site_count")},
         "checked": list(inventory.get("checked", [])),
     }
+    if inventory.get("unread_sites"):   # injection sites given but not read as the planned order's
+        out["unread_sites"] = list(inventory["unread_sites"])
+    return out
 
 
 def _rule(rule: Rule, facts: list[dict], finding, terminology) -> dict:
@@ -172,6 +175,8 @@ def format_text(name: str, explanation: dict) -> list[str]:
     lines.append(f"records given: {inv or 'none'}" + (f"; looked up: {', '.join(m['checked'])}" if m["checked"] else ""))
     for g in m["gaps"]:
         lines.append(f"missing: {g}")
+    for u in m.get("unread_sites", []):
+        lines.append(f"site not read: {u}")
     return lines
 
 

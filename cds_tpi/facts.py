@@ -174,6 +174,8 @@ class FactBuilder:
         self.latest_only = latest_observations_only
         self._pending_observations: list[tuple] = []
         self._cues = compile_cues(policy.text_negation_cues)
+        self._unrecognised_orders: set[str] = set()   # draft procedure orders not recognised as a TPI, with an injectate
+        self._ingredient_gaps: set[tuple[str, str]] = set()   # (Medication, ingredient reference) already named
 
     # -- helpers ------------------------------------------------------------------------------
     def _emit(self, t: str, **fields) -> dict:
@@ -216,8 +218,27 @@ class FactBuilder:
             if sub is not None:
                 c, t = _codeable(sub.get("code"))
                 codes, texts = codes + c, texts + t
+            elif isinstance(iref, dict):
+                self._unresolved_ingredient(med, iref)
+                if isinstance(iref.get("display"), str) and iref["display"].strip():
+                    texts = texts + [iref["display"]]
             out.append((codes, texts, ing.get("strength") or ing.get("strengthRatio")))
         return out
+
+    def _unresolved_ingredient(self, med: dict, iref: dict) -> None:
+        """An ingredient reference (a Substance, a Medication) that is not in the input: a gap, once per
+        Medication and reference (audit-3 m12: an NDC-only Medication whose only ingredient is a Substance
+        reference was read as nothing, silently)."""
+        key = ref_key(med) or "a Medication"
+        ref = iref.get("reference") if isinstance(iref.get("reference"), str) else "(no reference)"
+        if (key, ref) in self._ingredient_gaps:
+            return
+        self._ingredient_gaps.add((key, ref))
+        display = iref.get("display") if isinstance(iref.get("display"), str) and iref["display"].strip() else None
+        self._gap(key, f"ingredient of {key} not found",
+                  f"its ingredient reference {ref} could not be resolved, so "
+                  + (f"that ingredient was read only by its display '{display}'" if display else
+                     "what it contains is not known (anticoagulant, anesthetic, steroid, epinephrine)"))
 
     def _note_texts(self, r: dict) -> list[str]:
         """A record's notes, one clause at a time, without the clauses that deny ("no steroid given")."""
@@ -386,7 +407,9 @@ class FactBuilder:
         orders, injectates = self._orders(drafts)
         counts["orders"], counts["injectates"] = len(orders), len(injectates)
         counts["sites"] = sum(1 for f in self.facts if f["t"] == "site")
-        self._emit("inventory", checked=sorted(inputs.checked), **counts)
+        unread_sites = self._unread_sites(record, drafts, {f["ref"] for f in orders}) if not counts["sites"] else []
+        self._emit("inventory", checked=sorted(inputs.checked), unread_sites=unread_sites,
+                   unread_site_count=len(unread_sites), **counts)
         return self.facts
 
     def _patient(self, r: dict) -> None:
@@ -871,6 +894,78 @@ class FactBuilder:
                     injectates.append(self._emit("injectate", ref=ref, name=part, vs=vs, text_only=text_only,
                                                  order=key, dose_text=""))
 
+    def _order_site(self, o: dict, site: dict, written_in: str = "") -> None:
+        """Site facts of one body site of a TPI order, once per body region (`unknown` when none);
+        `written_in`: where a site that is not the order's bodySite was read (named on the card)."""
+        c, t = _codeable(site)
+        t = t + self._vs_names(c)
+        svs, s_text_only = self._member(c, t)
+        regions = [v for v in self.policy.region_valuesets if v in svs] or ["unknown"]
+        name = self._site_name(site) or self._name(c, t, "site")
+        if written_in:
+            name = f"{name} (written in {written_in})"
+        for region in regions:
+            self._emit("site", ref=ref_key(o) or "", order=ref_key(o) or "", name=name,
+                       vs=svs, text_only=s_text_only, region=region)
+
+    def _fallback_sites(self, o: dict, drafts: list[dict]) -> None:
+        """The injection site of a TPI order that has no bodySite, where else the order set writes it
+        (audit-3b s11, s12): the dosageInstruction.site of the MedicationRequests basedOn it; else each
+        part of its orderDetail / note / patientInstruction (clause by clause, denied words dropped) that a
+        body-region value set (records.yaml region_valuesets) recognises, once per set of value sets. Each
+        site is named as recorded, with the field it was read from."""
+        key = ref_key(o) or ""
+        found = False
+        for r in drafts:
+            if r.get("resourceType") != "MedicationRequest" or key not in {self.index.key_for(b) for b in r.get("basedOn") or []}:
+                continue
+            for di in r.get("dosageInstruction") or []:
+                site = di.get("site") if isinstance(di, dict) else None
+                if isinstance(site, dict) and (_codeable(site)[0] or _codeable(site)[1]):
+                    self._order_site(o, site, f"{ref_key(r) or 'the injectate order'} dosageInstruction.site")
+                    found = True
+        if found:
+            return
+        regions = set(self.policy.region_valuesets)
+        other = set(self.policy.tpi_order_valuesets) | set(self.policy.injectate_valuesets) | set(self.policy.injectable_valuesets)
+        seen: set[frozenset] = set()
+        for where, text in self._order_texts(o):
+            for clause in _CLAUSES.split(text):
+                for part in planned.components(clause):
+                    vs, _ = self._member([], self._affirmed([part]))
+                    sig = frozenset(vs) - other   # "TPI to bilat rhomboids" is the site "bilateral rhomboids" again
+                    if not sig & regions or sig in seen:
+                        continue
+                    seen.add(sig)
+                    self._order_site(o, {"text": part}, f"the order's {where.split('[', 1)[0]}")
+
+    def _unread_sites(self, record: list[dict], drafts: list[dict], read: set[str]) -> list[str]:
+        """Injection sites the input gives that were not read as the planned order's (for local-infection,
+        which must not say "no injection site is given" then): the bodySite of a TPI ServiceRequest that is
+        not the planned order (a status records.yaml does not count, performed, not among the draft
+        orders), or of a draft procedure order not recognised as a TPI with an injectate ordered with it;
+        and a ServiceRequest a draft injectate is basedOn that is not in the input at all."""
+        out: list[str] = []
+        for r in record + drafts:
+            key = ref_key(r)
+            if r.get("resourceType") != "ServiceRequest" or not key or key in read:
+                continue
+            sites = [cc for cc in r.get("bodySite") or [] if isinstance(cc, dict)]
+            tpi = planned.is_tpi(r, self.term, self.policy)
+            if not sites or not (tpi or key in self._unrecognised_orders):
+                continue
+            why = f"status {_text(r.get('status')) or 'not given'}" + ("" if tpi else ", not recognised as a trigger point injection")
+            words = _site_words(sites, self._site_name) or "coded"
+            out.append(f"{key} ({why}) has the injection site {words} but was not read as the planned order")
+        for r in drafts:
+            if r.get("resourceType") != "MedicationRequest":
+                continue
+            for b in r.get("basedOn") or []:
+                key = self.index.key_for(b)
+                if key and key.startswith("ServiceRequest/") and key not in read and self.index.resolve(b, r) is None:
+                    out.append(f"{key}, the order {ref_key(r) or 'a draft medication'} is basedOn, is not in the input, so its injection site is not known")
+        return list(dict.fromkeys(out))
+
     def _orders(self, drafts: list[dict]) -> tuple[list[dict], list[dict]]:
         sr_policy = self.policy.for_type("ServiceRequest")
         orders = [r for r in drafts if planned.is_tpi(r, self.term, self.policy)
@@ -882,15 +977,11 @@ class FactBuilder:
             vs, text_only = self._member(codes, texts)
             order_facts.append(self._emit("order", ref=ref_key(o) or "", name=_display(o.get("code"), "trigger point injection"),
                                           vs=vs, text_only=text_only, code=codes[0][1] if codes else ""))
-            for site in o.get("bodySite") or []:
-                c, t = _codeable(site)
-                t = t + self._vs_names(c)
-                svs, s_text_only = self._member(c, t)
-                regions = [v for v in self.policy.region_valuesets if v in svs] or ["unknown"]
-                name = self._site_name(site) or self._name(c, t, "site")
-                for region in regions:
-                    self._emit("site", ref=ref_key(o) or "", order=ref_key(o) or "", name=name,
-                               vs=svs, text_only=s_text_only, region=region)
+            sites = [site for site in o.get("bodySite") or [] if isinstance(site, dict)]
+            for site in sites:
+                self._order_site(o, site)
+            if not sites:
+                self._fallback_sites(o, drafts)
         injectates, doses = [], []
         kinds = " or ".join(self.term.defs[v].title.lower() for v in self.policy.injectate_valuesets if v in self.term.defs)
         # draft procedure orders that are not recognised as a TPI: said when an injectate is ordered with one
@@ -933,6 +1024,7 @@ class FactBuilder:
             injectates.append(self._emit("injectate", **fields))
         for o in orders:  # an order with no MedicationRequest of its own: its injectate as its words name it
             self._text_injectates(o, injectates, doses)
+        self._unrecognised_orders = set(unrecognised)
         tpi_sets = " / ".join(f"rules/valuesets/{v}.json" for v in self.policy.tpi_order_valuesets)
         for key, drugs in unrecognised.items():
             o = other_orders[key]

@@ -8,6 +8,7 @@ from rules/records.yaml and rules/valuesets; nothing clinical is written here.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -397,10 +398,88 @@ def _quantity(dr) -> dict | None:
     return q
 
 
+MAX_SITES = 100  # a count above this is not a number of injection sites (not read)
+
+
+@functools.lru_cache(maxsize=8)
+def _site_patterns(per_site_words: tuple[str, ...], count_words: tuple[str, ...], units: tuple[str, ...]):
+    """Regexes of records.yaml per_site_dose (words) and the amounts (units of dose_units / volume_units):
+    (per-site words, "N <count word>", "x N", "N x <amount>", "<amount> x N", an amount)."""
+    def alternation(words):
+        alts = sorted({re.escape(w.strip()).replace(r"\ ", r"\s{1,3}") for w in words if w.strip()}, key=len, reverse=True)
+        return "|".join(alts) or r"(?!x)x"   # an empty list matches nothing
+    unit = rf"(?:{alternation(units)})(?![A-Za-z])"
+    amount = r"(\d{1,4}(?:\.\d{1,3})?)\s{0,3}(" + alternation(units) + r")(?![A-Za-z])"
+    return (re.compile(rf"(?<![A-Za-z0-9])(?:{alternation(per_site_words)})(?![A-Za-z0-9])", re.IGNORECASE),
+            re.compile(rf"(?<![\d.])(\d{{1,3}})\s{{0,3}}(?:{alternation(count_words)})(?![A-Za-z0-9])", re.IGNORECASE),
+            re.compile(rf"(?<![A-Za-z0-9])[x×]\s{{0,3}}(\d{{1,3}})(?![\d.])(?!\s{{0,3}}{unit})", re.IGNORECASE),
+            re.compile(rf"(?<![\d.])(\d{{1,3}})\s{{0,3}}[x×]\s{{0,3}}\d{{1,4}}(?:\.\d{{1,3}})?\s{{0,3}}{unit}", re.IGNORECASE),
+            re.compile(rf"(?<![\d.]){amount}\s{{0,3}}[x×]\s{{0,3}}(\d{{1,3}})(?![\d.])", re.IGNORECASE),
+            re.compile(rf"(?<![\d.]){amount}", re.IGNORECASE))
+
+
+def _dosage_words(di: dict) -> str:
+    """What a dosageInstruction says in words: its text, patientInstruction and additionalInstruction texts."""
+    words = [di.get("text"), di.get("patientInstruction")]
+    extra = di.get("additionalInstruction")
+    for cc in extra if isinstance(extra, list) else ():
+        words += [cc.get("text")] if isinstance(cc, dict) else []
+    return " ; ".join(w for w in words if isinstance(w, str) and w.strip())[:MAX_TEXT]
+
+
+def _timing_count(di: dict) -> int | None:
+    """How many administrations a dosageInstruction orders (timing.repeat count, countMax when larger), when more than one."""
+    repeat = _get(di.get("timing"), "repeat")
+    counts = [c for c in (_get(repeat, "count"), _get(repeat, "countMax"))
+              if isinstance(c, int) and not isinstance(c, bool) and 1 < c <= MAX_SITES]
+    return max(counts) if counts else None
+
+
+def _site_multiplier(di: dict, line: DoseLine, policy: RecordPolicy) -> tuple[int, str, bool]:
+    """(how many times one dosageInstruction's amount is given, why, per site with no count stated).
+
+    records.yaml per_site_dose: the timing.repeat.count, and for a dose its words say is per site ("5 mL
+    per site x 6 sites", "3 mL each to 4 TPs", "5 mL x 6") the count of sites they state; the largest.
+    A text amount that times the count is the ordered amount already gives the total (1). A per-site dose
+    with no count anywhere: (1, "", True), never read as the whole dose."""
+    words = _dosage_words(di)
+    units = tuple(policy.dose_units) + tuple(policy.volume_units)
+    per_word, n_word, x_n, n_x, amount_x, amount = _site_patterns(policy.per_site_words, policy.site_count_words, units)
+    timing = _timing_count(di)
+    per_site = bool(words and (per_word.search(words) or n_x.search(words) or amount_x.search(words)))
+    counts = []
+    if per_site:
+        for rx in (n_word, x_n, n_x):
+            counts += [int(m.group(1)) for m in rx.finditer(words)]
+        counts += [int(m.group(3)) for m in amount_x.finditer(words)]
+        counts = [c for c in counts if 1 <= c <= MAX_SITES]
+    n = max(counts + ([timing] if timing else []), default=None)
+    if n is None:
+        return 1, "", per_site
+    # "30 mL (5 mL per site x 6 sites)": the ordered amount is already the total
+    for m in amount.finditer(words):
+        mass, volume = _unit_factor(policy.dose_units, m.group(2)), _unit_factor(policy.volume_units, m.group(2))
+        stated = float(m.group(1))
+        for ordered, factor in ((line.mg, mass), (line.ml, volume)):
+            if ordered is not None and factor is not None and stated * factor > 0 and n > 1 and (
+                    abs(stated * factor * n - ordered) < 1e-6 and abs(stated * factor - ordered) > 1e-6):
+                return 1, "", False
+    if n == 1:
+        return 1, "", False
+    why = []
+    if counts and max(counts) == n:
+        why.append(f"per site, {n} sites in its text '{words[:80]}'")
+    if timing == n:
+        why.append(f"timing.repeat.count {n}")
+    return n, " and ".join(why), False
+
+
 def ordered_dose(request: dict, policy: RecordPolicy) -> Dose:
     """The dose of a MedicationRequest: the sum over its dosageInstructions (each a separate
     administration) of each one's amount (DoseLine: the largest of its doseAndRate entries, a doseRange
-    read at its high end)."""
+    read at its high end) times the number of times it is given (_site_multiplier: its timing count, or
+    the sites a per-site dose's words state). A per-site dose whose number of sites is not stated counts
+    one site and is named in `unread` (its total is not known)."""
     dosages = request.get("dosageInstruction")
     texts, lines, unread, unknown_units = [], [], [], []
     for di in (dosages if isinstance(dosages, list) else ())[:MAX_DOSAGES]:
@@ -439,7 +518,16 @@ def ordered_dose(request: dict, policy: RecordPolicy) -> Dose:
             if not read and not unknown:
                 unknown = text
         if mg is not None or ml is not None:
-            lines.append(DoseLine(mg, ml, mg_text, ml_text))
+            line = DoseLine(mg, ml, mg_text, ml_text)
+            n, why, per_site = _site_multiplier(di, line, policy)
+            if n > 1:
+                line = DoseLine(round(mg * n, 3) if mg is not None else None, round(ml * n, 6) if ml is not None else None,
+                                f"{mg_text} x {n} ({why})" if mg_text else "", f"{ml_text} x {n} ({why})" if ml_text else "")
+            elif per_site:
+                unread.append(f"{line.text} per site: the dose is per site and the number of sites is not stated, "
+                              f"so only one site's {line.text} was counted")
+                line = DoseLine(mg, ml, f"{mg_text} for one site" if mg_text else "", f"{ml_text} for one site" if ml_text else "")
+            lines.append(line)
         elif unknown or di_text:
             unread.append(unknown or di_text)
             if unknown:

@@ -28,7 +28,7 @@ from .ruleset.compile import compile_rules, prefilter, referenced_fields
 
 # Resource types the facts stage reads; anything else in a record is ignored (not validated).
 READ_TYPES = frozenset({
-    "Patient", "MedicationRequest", "MedicationStatement", "MedicationAdministration", "Medication",
+    "Patient", "MedicationRequest", "MedicationStatement", "MedicationAdministration", "Medication", "Substance",
     "Condition", "AllergyIntolerance", "Observation", "Procedure", "ServiceRequest", "Appointment",
 })
 

@@ -491,3 +491,115 @@ def test_the_pipeline_reads_validates_and_ranks_a_panel_by_its_components(evalua
     bad["component"][1]["valueQuantity"]["value"] = "4.2 H"  # a decimal must be a JSON number
     ev = evaluator.evaluate_resources([PATIENT, bad], now=NOW)
     assert "bleeding-disorder" not in ev.rule_ids and any("Observation/o1" in s for s in ev.skipped)
+
+
+# -- the injection site written elsewhere than bodySite; a site that was not read (audit-3b s11, s12, o09) ---
+
+_CELLULITIS_BACK = {"resourceType": "Condition", "id": "cel", "subject": {"reference": "Patient/p1"},
+                    "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                    "code": {"text": "Cellulitis of upper back"}}
+
+
+def _site_facts(evaluator, *drafts, record=()):
+    from cds_tpi.facts import FactBuilder, Inputs
+    facts = FactBuilder(evaluator.book.terminology, evaluator.book.records, NOW).build(
+        Inputs(record=[PATIENT, *record], drafts=list(drafts)))
+    return _of(facts, "site"), _of(facts, "inventory")[0]
+
+
+def _no_site_order(**extra):
+    sr = {k: v for k, v in TPI_ORDER.items() if k != "bodySite"}
+    sr.update(extra)
+    return sr
+
+
+def _lido(site=None, based_on="ServiceRequest/sr1"):
+    mr = _draft("m1", "lidocaine 1% injection", IM, dose=(5, "mL"))
+    if based_on:
+        mr["basedOn"] = [{"reference": based_on}]
+    if site:
+        mr["dosageInstruction"][0]["site"] = site
+    return mr
+
+
+def test_a_site_written_only_on_the_injectate_dosage_is_the_orders_site(evaluator):
+    """audit-3b s11: no bodySite; the MedicationRequest basedOn the order has dosageInstruction.site."""
+    sites, inventory = _site_facts(evaluator, _no_site_order(), _lido({"text": "Right upper trapezius"}))
+    assert sites and "region-upper-back-shoulder" in {s["region"] for s in sites}
+    assert sites[0]["name"] == "Right upper trapezius (written in MedicationRequest/m1 dosageInstruction.site)"
+    assert sites[0]["order"] == "ServiceRequest/sr1" and inventory["sites"] == len(sites)
+    # an unlinked draft's dosage site is not the order's
+    sites, _ = _site_facts(evaluator, _no_site_order(), _lido({"text": "Right upper trapezius"}, based_on=None))
+    assert not sites
+
+
+def test_a_site_written_only_in_the_orders_words_is_read_from_them(evaluator):
+    """audit-3b s12: the sites only in orderDetail and note; denied words and non-site words are not sites."""
+    order = _no_site_order(orderDetail=[{"text": "Sites: bilateral rhomboids and L levator scapulae"}],
+                           note=[{"text": "TPI to bilat rhomboids, L levator scap. US guidance."}])
+    sites, _ = _site_facts(evaluator, order, _lido())
+    assert sites and "region-upper-back-shoulder" in {s["region"] for s in sites}
+    assert any(s["name"] == "Sites: bilateral rhomboids (written in the order's orderDetail)" for s in sites)
+    assert len({s["name"] for s in sites}) == 2        # the note repeats the rhomboids: counted once
+    # a bodySite wins: the words are not read then
+    sites, _ = _site_facts(evaluator, dict(order, bodySite=[{"text": "Left gluteus medius"}]), _lido())
+    assert [s["name"] for s in sites] == ["Left gluteus medius"]
+    # a denied site ("no rhomboids") is no site; words no region value set knows are none either
+    sites, inventory = _site_facts(evaluator, _no_site_order(note=[{"text": "no rhomboids; US guidance"}]), _lido())
+    assert not sites and inventory["sites"] == 0
+
+
+def test_local_infection_says_no_site_only_when_none_is_given(evaluator):
+    """audit-3b o09: 'no injection site is given' was said of an order whose bodySite was not read. A TPI
+    order with a bodySite that is not the planned order, or an order the injectate is basedOn that is not in
+    the input, is named instead."""
+    def note(*drafts, record=()):
+        ev = evaluator.evaluate_resources([PATIENT, _CELLULITIS_BACK, *record], draft_orders=list(drafts), now=NOW)
+        card = next(c for c in ev.cards if c["source"]["topic"]["code"] == "local-infection")
+        return card["indicator"], card["detail"]
+    indicator, detail = note(_no_site_order(), _lido())
+    assert indicator == "warning" and "no injection site is given" in detail
+    revoked = dict(TPI_ORDER, id="sr1", status="revoked", bodySite=[{"text": "Left rhomboid major"}])
+    indicator, detail = note(revoked, _lido())
+    assert indicator == "warning" and "no injection site is given" not in detail
+    assert "ServiceRequest/sr1 (status revoked) has the injection site Left rhomboid major but was not read" in detail
+    indicator, detail = note(_lido(based_on="ServiceRequest/elsewhere"))
+    assert "ServiceRequest/elsewhere, the order MedicationRequest/m1 is basedOn, is not in the input" in detail
+
+
+# -- an ingredient reference that cannot be resolved (audit-3 m12) ------------------------------------
+
+_DABI_MED = {"resourceType": "Medication", "id": "med-dabi",
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "00597-0135-60"}]},
+             "ingredient": [{"itemReference": {"reference": "Substance/sub-dabi"},
+                             "strength": {"numerator": {"value": 150, "unit": "mg"}, "denominator": {"value": 1, "unit": "capsule"}}}]}
+_DABI_SUB = {"resourceType": "Substance", "id": "sub-dabi",
+             "code": {"coding": [{"system": RX, "code": "1037042", "display": "dabigatran etexilate"}]}}
+_DABI_MR = {"resourceType": "MedicationRequest", "id": "mr-dabi", "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/med-dabi"}}
+
+
+def test_an_ingredient_substance_is_read_and_an_unresolved_one_is_a_gap(evaluator):
+    """An NDC-only Medication whose ingredient is a Substance reference: the Substance is read (pipeline
+    READ_TYPES) and says it is dabigatran; without it, a gap says what it contains is not known."""
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": r} for r in (PATIENT, _DABI_MR, _DABI_MED, _DABI_SUB)]}
+    ev = evaluator.evaluate_document(read_object(bundle, "b"), now=NOW)
+    assert "anticoagulant" in ev.rule_ids
+    assert not [f for f in ev.facts if f["t"] == "gap" and "ingredient" in f["what"]]
+    bundle["entry"] = bundle["entry"][:-1]
+    ev = evaluator.evaluate_document(read_object(bundle, "b"), now=NOW)
+    assert "anticoagulant" not in ev.rule_ids
+    gaps = [f for f in ev.facts if f["t"] == "gap" and f["what"] == "ingredient of Medication/med-dabi not found"]
+    assert len(gaps) == 1 and "Substance/sub-dabi could not be resolved" in gaps[0]["why"]
+    assert "what it contains is not known" in gaps[0]["why"]
+    assert "ingredient of Medication/med-dabi not found" in _notes(ev)
+
+
+def test_an_invalid_substance_is_skipped_and_named(evaluator):
+    bad = dict(_DABI_SUB, code="dabigatran")   # a CodeableConcept sent as a string
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": r} for r in (PATIENT, _DABI_MR, _DABI_MED, bad)]}
+    ev = evaluator.evaluate_document(read_object(bundle, "b"), now=NOW)
+    assert any("Substance/sub-dabi" in s for s in ev.skipped)
+    assert "Substance/sub-dabi" in _notes(ev)

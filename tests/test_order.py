@@ -582,3 +582,54 @@ def test_an_injectate_ordered_alone_for_a_tpi_is_evaluated(book, evaluator, extr
     assert evaluator.may_be_tpi_order([lido]) is expected
     ondansetron = dict(lido, medicationCodeableConcept={"text": "ondansetron 4 mg"})
     assert not planned.injectates_for_tpi([ondansetron], book.terminology, book.records)
+
+
+def _per_site_order(ml, text=None, timing=None):
+    di = {"doseAndRate": [{"doseQuantity": {"value": ml, "unit": "mL", "system": UCUM, "code": "mL"}}]}
+    if text is not None:
+        di["text"] = text
+    if timing is not None:
+        di["timing"] = {"repeat": timing}
+    return {"resourceType": "MedicationRequest", "id": "mr1", "status": "draft", "intent": "order", "dosageInstruction": [di]}
+
+
+@pytest.mark.parametrize("ml,text,timing,want", [
+    (5, "5 mL per site x 6 sites", None, 30),                     # audit-3b d08
+    (3, "3 mL each trigger point, 6 trigger points", {"count": 6}, 18),   # audit-3b d12: counted once, not 6 x 6
+    (3, None, {"count": 6}, 18),                                  # timing.repeat.count alone
+    (3, None, {"count": 2, "countMax": 6}, 18),                   # a range of counts: the most
+    (3, "3 mL each to 4 TPs", None, 12),
+    (2, "2 mL per trigger point to 4 trigger points", None, 8),
+    (5, "6 x 5 mL", None, 30),
+    (5, "5 mL x 6", None, 30),
+    (30, "5 mL per site x 6 sites", None, 30),                    # the ordered amount is already the total
+    (5, "5 mL total divided among 6 sites", None, 5),             # not a per-site dose: the amount is the total
+    (5, "lidocaine 1% with epinephrine 1:100,000, 5 mL", None, 5),
+])
+def test_a_dose_per_site_is_multiplied_by_the_number_of_sites(book, ml, text, timing, want):
+    """audit-3b d08/d12 (wrong all-clears): a dose written per site or repeated by timing.repeat.count is
+    the amount times the count (records.yaml per_site_dose words)."""
+    dose = planned.ordered_dose(_per_site_order(ml, text, timing), book.records)
+    assert dose.ml == pytest.approx(want)
+    assert not dose.unread
+
+
+@pytest.mark.parametrize("text", ["5 mL per site", "5 mL to each trigger point, bilateral trapezius", "5 mL each, six sites",
+                                  "5 mL per site x 600"])   # not a number of injection sites
+def test_a_dose_per_site_without_a_count_is_never_the_whole_dose(book, text):
+    """A per-site dose whose number of sites is not stated (in digits): one site is counted and the
+    total is named as unknown (missing-data), never read as the whole dose."""
+    dose = planned.ordered_dose(_per_site_order(5, text), book.records)
+    assert dose.ml == 5 and "for one site" in dose.text
+    assert len(dose.unread) == 1 and "the dose is per site and the number of sites is not stated" in dose.unread[0]
+    product = _product(book, ["lidocaine hydrochloride 20 MG/ML Injectable Solution"])
+    parts = planned.agent_doses(product, dose, "MedicationRequest/mr1", book.terminology, book.records)
+    assert [d.mg for d in parts] == [100, None]
+
+
+def test_the_per_site_words_are_data(book):
+    """The words come from records.yaml per_site_dose: without them "5 mL per site x 6" is one amount."""
+    from dataclasses import replace
+    policy = replace(book.records, per_site_words=(), site_count_words=())
+    assert planned.ordered_dose(_per_site_order(5, "5 mL per site x 6 sites"), policy).ml == 5
+    assert planned.ordered_dose(_per_site_order(3, None, {"count": 6}), policy).ml == 18   # the timing count is FHIR, not words

@@ -82,7 +82,7 @@ def _planned(evaluator, *resources):
 
 
 @pytest.mark.parametrize("status,planned", [("active", True), ("draft", True), ("completed", False), ("revoked", False),
-                                            ("on-hold", False)])
+                                            ("on-hold", True), ("entered-in-error", False), ("unknown", False)])
 def test_a_tpi_order_in_a_status_records_yaml_counts_is_the_planned_order(evaluator, status, planned):
     """audit-2 r11: a TPI ServiceRequest sent 'active' (signed) in a plain bundle was read as history
     and its Kenalog as a home medication: no card. The statuses come from records.yaml ServiceRequest."""
@@ -123,3 +123,22 @@ def test_an_active_tpi_order_gives_the_same_cards_from_both_front_doors(evaluato
     hooked = evaluator.evaluate_document(read_object(hook, "h"), now=NOW)
     assert "diabetes-steroid" in plain.rule_ids
     assert sorted(plain.rule_ids) == sorted(hooked.rule_ids)
+
+
+def test_an_on_hold_tpi_order_is_still_the_planned_order_at_both_front_doors(evaluator):
+    """audit-3b o04/o09: a TPI ServiceRequest on hold (awaiting prior authorisation) is still planned
+    (records.yaml ServiceRequest statuses): its Kenalog is the injectate, from a plain bundle and from a
+    CDS Hooks request, and the service gate evaluates it."""
+    from .conftest import NOW
+    record = [_PATIENT, _DIABETES]
+    plain = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("on-hold"), _kenalog()), "b"), now=NOW)
+    hook = {"hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+            "context": {"userId": "Practitioner/u", "patientId": "p1", "draftOrders": _bundle(_tpi_sr("on-hold"), _kenalog())},
+            "prefetch": {"patient": _PATIENT, "conditions": _bundle(_DIABETES)}}
+    hooked = evaluator.evaluate_document(read_object(hook, "h"), now=NOW)
+    assert "diabetes-steroid" in plain.rule_ids
+    assert sorted(plain.rule_ids) == sorted(hooked.rule_ids)
+    assert evaluator.is_tpi_order([_tpi_sr("on-hold"), _kenalog()])
+    # a revoked order stays history: not the planned order
+    revoked = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("revoked"), _kenalog()), "b"), now=NOW)
+    assert not any(f["t"] == "order" for f in revoked.facts)

@@ -54,7 +54,7 @@ class Document:
 
         With `policy` (rules/records.yaml, the one home of these status lists), a TPI ServiceRequest
         (`is_order`) whose status the ServiceRequest policy counts for the planned order (draft, active:
-        an order signed before the CDS call) is the planned order too, with its basedOn
+        an order signed before the CDS call, on-hold: awaiting prior authorisation) is the planned order too, with its basedOn
         MedicationRequests, unless it has been performed: a Procedure in the input basedOn it whose
         status the Procedure policy counts as done (completed, in-progress). A performed order is
         history (its Procedure is the past TPI the interval checks see). Only a Procedure that says so

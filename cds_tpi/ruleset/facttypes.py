@@ -13,7 +13,7 @@ FACT_FIELDS: dict[str, set[str]] = {
     "observation": COMMON | {"value", "unit", "comparator", "value_vs", "age_days", "date", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "date", "site", "used_vs", "status"},
     "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",
-                  "patient", "orders", "injectates", "sites"},
+                  "patient", "orders", "injectates", "sites", "unread_sites", "unread_site_count"},
     "gap": {"t", "fid", "ref", "name", "what", "why"},
     # one per local anesthetic (and with a vasoconstrictor or not) in the draft orders, doses summed
     "dose": COMMON | {"orders", "total_mg", "parts", "undosed", "undosed_count", "vasoconstrictor", "weight_kg", "weight_window_days",
@@ -26,4 +26,4 @@ FACT_FIELDS: dict[str, set[str]] = {
 VALUESET_FIELDS = {"vs", "text_only", "used_vs", "latest_in", "value_vs", "site_vs", "region"}
 
 # Fields holding lists (of value set ids or of strings); every other field is a scalar.
-LIST_FIELDS = VALUESET_FIELDS - {"region"} | {"checked", "orders", "parts", "undosed"}
+LIST_FIELDS = VALUESET_FIELDS - {"region"} | {"checked", "orders", "parts", "undosed", "unread_sites"}

@@ -24,6 +24,12 @@ _SCHEMA = {
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "result_flags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        # a dose written per injection site: the words that say so, and the words a count of sites is written with
+        "per_site_dose": {
+            "type": "object", "additionalProperties": False, "required": ["per_site_words", "count_words"],
+            "properties": {"per_site_words": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                           "count_words": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}},
+        },
         "dose_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
         "volume_units": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
         # coded units of systems other than UCUM: system -> code -> the UCUM unit it names
@@ -157,6 +163,9 @@ class RecordPolicy:
     observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?, units?: {unit: {factor, offset?}}}
     unit_codes: dict = field(default_factory=dict)           # system -> code -> UCUM unit (SNOMED CT 258773002 -> mL)
     result_flags: frozenset[str] = frozenset()              # abnormal flags beside a text result, lower case ("h", "(h)" is read as "h")
+    per_site_words: tuple[str, ...] = ()   # dosage words saying the dose is per injection site ("per site", "each")
+    site_count_words: tuple[str, ...] = () # words a number of sites is written with ("6 sites", "4 TPs")
+
 
     def for_type(self, resource_type: str) -> ResourcePolicy:
         return self.resources.get(resource_type, _ANY)
@@ -256,4 +265,6 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         observation_values={resolve(n): v for n, v in plain.get("observation_values", {}).items()},
         unit_codes=plain.get("unit_codes", {}),
         result_flags=frozenset(f.lower() for f in plain.get("result_flags", ())),
+        per_site_words=tuple(plain.get("per_site_dose", {}).get("per_site_words", ())),
+        site_count_words=tuple(plain.get("per_site_dose", {}).get("count_words", ())),
     )
