@@ -16,7 +16,7 @@ from .fhir.datatypes import codeable as _codeable, coding_code as _coding_code, 
 from .fhir.refs import ResourceIndex, ref_key
 from .fhir.text import bounded_text
 from .ruleset.records import RecordPolicy, ResourcePolicy
-from .terminology import Terminology, compile_cues
+from .terminology import Terminology, canonical_coding, compile_cues
 
 _CLAUSES = re.compile(r"[.;\n]+")
 # A result written as text: an optional comparator, a number, an optional unit ("<10", ">8.0", "45 K/uL").
@@ -50,7 +50,7 @@ def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
         return False
     if p.exclude_intent and _text(r.get("intent")) in p.exclude_intent:
         reported = r.get("reportedBoolean") is True or isinstance(r.get("reportedReference"), dict)
-        if not (p.reported_counts and reported):
+        if not ((p.reported_counts and reported) or (p.reported_categories and _category_codes(r) & p.reported_categories)):
             return False
     if p.clinical_status is not None:
         cs = _coding_code(r.get("clinicalStatus"))
@@ -75,6 +75,33 @@ def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
         if end is not None and end < today:
             return False
     return True
+
+
+def lab_membership(term: Terminology, policy: RecordPolicy, codes: list, texts: list[str]) -> tuple[frozenset, frozenset]:
+    """(value sets, text-only value sets) of an Observation's or a component's code. By its codes; and, for a
+    lab sent with a local code only (none of its codings in a system of records.yaml observation_text_match
+    unless_coded_in: a LOINC-coded result is identified by its code alone), by the words of its code
+    (code.text and the codings' displays: "PLATELET COUNT", "PT-INR") against the text patterns of the
+    observation_text_match value sets only. Both look-ups are memoised by the terminology."""
+    by_code = term.match(codes, []).by_code
+    allowed = policy.observation_text_valuesets
+    if not allowed or not texts or any(canonical_coding(s_, c_)[0] in policy.observation_text_unless for s_, c_ in codes):
+        return by_code, frozenset()
+    by_text = (term.match([], texts).by_text & allowed) - by_code
+    return by_code | by_text, by_text
+
+
+def _category_codes(r: dict) -> set[str]:
+    """The codes of every coding of a record's category (a list, or one CodeableConcept), tolerant of
+    unvalidated JSON."""
+    cats = r.get("category")
+    out = set()
+    for cc in cats if isinstance(cats, list) else [cats]:
+        codings = cc.get("coding") if isinstance(cc, dict) else None
+        for c in codings if isinstance(codings, list) else ():
+            if isinstance(c, dict) and isinstance(c.get("code"), str):
+                out.add(c["code"])
+    return out
 
 
 def _text(value) -> str | None:
@@ -531,21 +558,25 @@ class FactBuilder:
         `component` (a PT/INR panel's INR) whose code a value set knows is a result of its own, dated and
         statused like its Observation."""
         codes, texts = _codeable(r.get("code"))
-        vs, text_only = self._member(codes, [])  # labs are matched by code only
+        # by code; a lab with a local code only also by its words (records.yaml observation_text_match)
+        found, by_text = lab_membership(self.term, self.policy, codes, texts)
         when = observation_date(r)
         age = self._age_days(when) if when else None
-        if vs:
-            self._pending_observations.append((r, codes, texts, vs, text_only, when, age, None))
         components = r.get("component")
-        if not isinstance(components, list):
-            return
-        for i, c in enumerate(components):
+        parts = []
+        for i, c in enumerate(components if isinstance(components, list) else ()):
             if not isinstance(c, dict):
                 continue
             ccodes, ctexts = _codeable(c.get("code"))
-            cvs, ctext_only = self._member(ccodes, [])
-            if cvs:
-                self._pending_observations.append((c, ccodes, ctexts, cvs, ctext_only, when, age, (r, i, codes, texts)))
+            cfound, cby_text = lab_membership(self.term, self.policy, ccodes, ctexts)
+            if cfound:
+                parts.append((c, ccodes, ctexts, sorted(cfound), sorted(cby_text), when, age, (r, i, codes, texts)))
+        # a local panel named by its words ("PT/INR") whose component is that result: the component is read,
+        # not the panel (which has no value of its own)
+        found -= by_text & {v for p in parts for v in p[3]}
+        if found:
+            self._pending_observations.append((r, codes, texts, sorted(found), sorted(by_text & found), when, age, None))
+        self._pending_observations += parts
 
     def _build_observations(self) -> None:
         """Observation facts with latest_in: the value sets in which each is the newest (ties: all)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cards import cards_for
 from .engine import Engine
-from .facts import FactBuilder, Inputs, is_current, observation_date
+from .facts import FactBuilder, Inputs, is_current, lab_membership, observation_date
 from .fhir.datatypes import codeable as _codeable
 from . import order as planned
 from .findings import Finding, collect
@@ -118,17 +118,19 @@ class Evaluator:
                 or bool(planned.injectates_for_tpi(resources, term, policy)))
 
     def _lab_sets(self, r: dict) -> frozenset:
-        """The value sets an Observation's codes are in (labs are matched by code only), and those of its
-        components' codes: a panel's component (the INR of a PT/INR panel) is a result of its own (facts),
-        so the panel is read, validated and ranked by its date in those value sets too."""
-        codes, _ = _codeable(r.get("code"))
-        sets = self.book.terminology.match(codes, []).by_code
+        """The value sets an Observation's codes are in (a lab with a local code only also by the words of
+        its code: facts.lab_membership, as the facts stage reads it), and those of its components' codes: a
+        panel's component (the INR of a PT/INR panel) is a result of its own (facts), so the panel is read,
+        validated and ranked by its date in those value sets too."""
+        term, policy = self.book.terminology, self.book.records
+        codes, texts = _codeable(r.get("code"))
+        sets = lab_membership(term, policy, codes, texts)[0]
         components = r.get("component")
         if components and isinstance(components, list):  # most results have none: no extra work for them
             for c in components:
                 if isinstance(c, dict):
-                    ccodes, _ = _codeable(c.get("code"))
-                    sets = sets | self.book.terminology.match(ccodes, []).by_code
+                    ccodes, ctexts = _codeable(c.get("code"))
+                    sets = sets | lab_membership(term, policy, ccodes, ctexts)[0]
         return sets
 
     def _accept_all(self, located: list, skipped: list[str], gaps: list, unread: dict | None = None,

@@ -355,3 +355,86 @@ def test_pregnancy_status_under_the_older_loinc_11449_6(evaluator, answer, card)
     status = _lab("11449-6", valueCodeableConcept={"coding": [{"system": SCT, "code": answer}]})
     ev = evaluator.evaluate_resources([PATIENT, status], draft_orders=_kenalog_order(), now=NOW)
     assert ("pregnancy-steroid" in ev.rule_ids) is card
+
+
+# -- a plan that is a home medication (audit-3 m17) ----------------------------------------------------
+
+MR_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
+
+
+@pytest.mark.parametrize("intent,category,counts", [
+    ("plan", "community", True), ("plan", "patientspecified", True), ("proposal", "community", True),
+    ("plan", "inpatient", False), ("plan", "outpatient", False), ("plan", "discharge", False), ("plan", None, False)])
+def test_a_plan_of_a_home_medication_category_counts(policy, intent, category, counts):
+    mr = {"resourceType": "MedicationRequest", "status": "active", "intent": intent}
+    if category:
+        mr["category"] = [{"coding": [{"system": MR_CATEGORY, "code": category}]}]
+    assert is_current(mr, policy.for_type("MedicationRequest"), TODAY) is counts
+
+
+def test_a_category_in_unvalidated_json_does_not_crash(policy):
+    for category in ("community", [None, "x", {"coding": "community"}], {"coding": [{"code": "community"}]}):
+        is_current({"resourceType": "MedicationRequest", "status": "active", "intent": "plan", "category": category},
+                   policy.for_type("MedicationRequest"), TODAY)
+
+
+def test_a_community_plan_gives_the_anticoagulant_card_and_an_inpatient_plan_does_not(evaluator):
+    mr = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "plan",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": WARFARIN,
+          "category": [{"coding": [{"system": MR_CATEGORY, "code": "community"}]}]}
+    assert "anticoagulant" in _rules(evaluator, mr)
+    inpatient = dict(mr, category=[{"coding": [{"system": MR_CATEGORY, "code": "inpatient"}]}])
+    assert "anticoagulant" not in _rules(evaluator, inpatient)
+
+
+# -- long-term anticoagulant use as a diagnosis (audit-3 m15) -----------------------------------------
+
+def _z7901(**extra):
+    return {"resourceType": "Condition", "id": "z", "subject": {"reference": "Patient/p1"},
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+            "code": {"coding": [{"system": ICD, "code": "Z79.01", "display": "Long term (current) use of anticoagulants"}]},
+            "recordedDate": "2025-10-20", **extra}
+
+
+def test_z79_01_with_no_anticoagulant_listed_warns_and_says_so(evaluator):
+    card = _rules(evaluator, _z7901())["anticoagulant"]
+    assert card["indicator"] == "warning"
+    assert "Long term (current) use of anticoagulants" in card["summary"] and "patient takes" not in card["summary"]
+    assert "the medication list shows no anticoagulant" in card["detail"]
+
+
+def test_z79_01_beside_a_listed_anticoagulant_names_the_drug(evaluator):
+    mr = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": WARFARIN}
+    card = _rules(evaluator, _z7901(), mr)["anticoagulant"]
+    assert "patient takes warfarin" in card["summary"] and "shows no anticoagulant" not in card["detail"]
+
+
+def test_resolved_z79_01_and_z79_02_give_no_anticoagulant_card(evaluator):
+    resolved = _z7901(clinicalStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]})
+    assert "anticoagulant" not in _rules(evaluator, resolved)
+    antiplatelet = _z7901(code={"coding": [{"system": ICD, "code": "Z79.02", "display": "Long term (current) use of antithrombotics/antiplatelets"}]})
+    assert "anticoagulant" not in _rules(evaluator, antiplatelet)
+
+
+# -- acute systemic infections (audit-3b i20, i21) -----------------------------------------------------
+
+def _pneumonia(onset: str, code: str = "J18.9", text: str = "Pneumonia, unspecified organism"):
+    return _cellulitis(onset, code={"coding": [{"system": ICD, "code": code}], "text": text})
+
+
+def test_a_recent_pneumonia_encounter_diagnosis_is_a_systemic_infection_warning(evaluator):
+    card = _rules(evaluator, _pneumonia("2026-11-22"))["systemic-infection"]
+    assert card["indicator"] == "warning" and "Pneumonia" in card["summary"]
+
+
+def test_an_old_pneumonia_encounter_diagnosis_is_history(evaluator):
+    assert "systemic-infection" not in _rules(evaluator, _pneumonia("2026-09-25"))
+
+
+@pytest.mark.parametrize("code,text,fires", [
+    ("U07.1", "COVID-19", True), ("J11.1", "Influenza", True),
+    ("Z23", "Need for influenza vaccination", False), ("Z20.822", "Exposure to COVID-19", False),
+    ("U09.9", "Post COVID-19 condition", False)])
+def test_influenza_and_covid_but_not_vaccination_or_exposure(evaluator, code, text, fires):
+    assert ("systemic-infection" in _rules(evaluator, _pneumonia("2026-11-22", code, text))) is fires

@@ -603,3 +603,88 @@ def test_an_invalid_substance_is_skipped_and_named(evaluator):
     ev = evaluator.evaluate_document(read_object(bundle, "b"), now=NOW)
     assert any("Substance/sub-dabi" in s for s in ev.skipped)
     assert "Substance/sub-dabi" in _notes(ev)
+
+
+# -- labs sent with a local code only (audit-3 b07) ----------------------------------------------------
+
+LOCAL_LAB = "urn:oid:1.2.840.114350.1.13.284.2.7.2.768282"
+
+
+def _local_lab(oid: str, code: dict, **value) -> dict:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2026-11-21T09:30:00-05:00", "code": code, **value}
+
+
+def _lab_facts(evaluator, *labs):
+    ev = evaluator.evaluate_document(read_object({"resourceType": "Bundle", "type": "collection",
+                                                  "entry": [{"resource": r} for r in (PATIENT, *labs)]}), now=NOW)
+    return ev, {f["ref"]: f for f in ev.facts if f["t"] == "observation"}
+
+
+def test_a_lab_with_a_local_code_only_is_read_by_the_words_of_its_code(evaluator):
+    ev, facts = _lab_facts(
+        evaluator,
+        _local_lab("plt", {"coding": [{"system": LOCAL_LAB, "code": "1525870", "display": "PLATELET COUNT"}], "text": "PLATELET COUNT"},
+             valueQuantity={"value": 22, "unit": "K/uL"}),
+        _local_lab("inr", {"coding": [{"system": LOCAL_LAB, "code": "1525871", "display": "PT-INR"}], "text": "INR"},
+             valueQuantity={"value": 4.6}))
+    assert facts["Observation/plt"]["vs"] == ["platelet-count"] and facts["Observation/plt"]["text_only"] == ["platelet-count"]
+    assert facts["Observation/plt"]["value"] == 22.0
+    assert facts["Observation/inr"]["vs"] == ["inr"] and facts["Observation/inr"]["value"] == 4.6
+    card = next(c for c in ev.cards if c["source"]["topic"]["code"] == "bleeding-disorder")
+    assert card["indicator"] == "critical" and "4.6" in card["detail"] and "22" in card["detail"]
+
+
+@pytest.mark.parametrize("code", [
+    {"coding": [{"system": LOCAL_LAB, "code": "9"}], "text": "INR goal"},                       # a goal, not a result
+    {"coding": [{"system": LOCAL_LAB, "code": "9"}], "text": "Platelet function assay"},         # not a count
+    {"coding": [{"system": LOCAL_LAB, "code": "9"}], "text": "Mean platelet volume"},
+    {"coding": [{"system": "http://loinc.org", "code": "34167-7",                              # LOINC: by its code alone
+                 "display": "Platelets Large [Presence] in Blood by Automated count"}]},
+    {"coding": [{"system": LOCAL_LAB, "code": "9"}], "text": "Weight-bearing status"},           # 'weight' alone is no pattern
+])
+def test_words_that_are_not_the_result_do_not_make_a_lab(evaluator, code):
+    _, facts = _lab_facts(evaluator, _local_lab("x", code, valueString="2-3"))
+    assert not set(facts.get("Observation/x", {}).get("vs", ())) & {"platelet-count", "inr", "hba1c", "body-weight"}
+
+
+def test_a_local_pt_inr_panel_is_read_through_its_inr_component(evaluator):
+    panel = _local_lab("panel", {"coding": [{"system": LOCAL_LAB, "code": "77"}], "text": "PT/INR"},
+                 component=[{"code": {"text": "PT"}, "valueQuantity": {"value": 38, "unit": "s"}},
+                            {"code": {"text": "INR"}, "valueQuantity": {"value": 3.9}}])
+    ev, facts = _lab_facts(evaluator, panel)
+    assert "Observation/panel" not in facts  # the panel has no value of its own: no 'not read' gap for it
+    assert facts["Observation/panel component 2"]["value"] == 3.9
+    assert "bleeding-disorder" in {c["source"]["topic"]["code"] for c in ev.cards}
+    assert "Observation/panel (" not in _notes(ev)
+
+
+# -- gestational age (audit-3 p06, p07) ----------------------------------------------------------------
+
+KENALOG = {"resourceType": "MedicationRequest", "id": "k1", "status": "draft", "intent": "order", "subject": {"reference": "Patient/p1"},
+           "medicationCodeableConcept": {"coding": [{"system": RX, "code": "1085754"}], "text": "KENALOG-40 40 MG/ML IJ SUSP"}}
+
+
+def _ga(when: str, oid: str = "ga", **value) -> dict:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": when, "code": {"coding": [{"system": "http://loinc.org", "code": "49051-6"}]},
+            **(value or {"valueQuantity": {"value": 25, "unit": "wk"}})}
+
+
+def _pregnancy_card(evaluator, *records):
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in (PATIENT, KENALOG, *records)]}
+    return "pregnancy-steroid" in {c["source"]["topic"]["code"] for c in evaluator.evaluate_document(read_object(bundle), now=NOW).cards}
+
+
+def test_a_recent_gestational_age_is_a_current_pregnancy(evaluator):
+    assert _pregnancy_card(evaluator, _ga("2026-11-22"))
+    assert _pregnancy_card(evaluator, _ga("2026-11-19", valueString="18w 3d"))
+    assert not _pregnancy_card(evaluator, _ga("2026-05-08"))  # 200 days old
+
+
+def test_a_newer_negative_pregnancy_test_wins_over_a_gestational_age(evaluator):
+    negative = {"resourceType": "Observation", "id": "hcg", "status": "final", "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": "2026-11-23", "code": {"coding": [{"system": "http://loinc.org", "code": "2106-3"}]},
+                "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260385009", "display": "Negative"}]}}
+    assert not _pregnancy_card(evaluator, _ga("2026-11-10"), negative)
+    assert _pregnancy_card(evaluator, _ga("2026-11-24"), negative)

@@ -24,6 +24,12 @@ _SCHEMA = {
         "region_valuesets": {"type": "array", "items": {"type": "string"}},
         "text_negation_cues": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "result_flags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        # labs sent with a local code only: also recognised by their words, for these value sets
+        "observation_text_match": {
+            "type": "object", "additionalProperties": False, "required": ["valuesets"],
+            "properties": {"valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                           "unless_coded_in": {"type": "array", "items": {"type": "string", "minLength": 1}}},
+        },
         # a dose written per injection site: the words that say so, and the words a count of sites is written with
         "per_site_dose": {
             "type": "object", "additionalProperties": False, "required": ["per_site_words", "count_words"],
@@ -103,6 +109,8 @@ _SCHEMA = {
                     "exclude_ended_period": {"type": "boolean"},
                     "exclude_intent": _STATUS_LIST,
                     "reported_counts": {"type": "boolean"},
+                    # an excluded intent still counts for a request of one of these categories (home medication)
+                    "reported_categories": _STATUS_LIST,
                 },
             },
         },
@@ -120,6 +128,7 @@ class ResourcePolicy:
     exclude_ended_period: bool = False
     exclude_intent: frozenset[str] = frozenset()
     reported_counts: bool = False   # an excluded intent still counts when the record is reported (reportedBoolean/Reference)
+    reported_categories: frozenset[str] = frozenset()   # ... or when its category is one of these (community: a home medication)
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,8 @@ class RecordPolicy:
     observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?, units?: {unit: {factor, offset?}}}
     unit_codes: dict = field(default_factory=dict)           # system -> code -> UCUM unit (SNOMED CT 258773002 -> mL)
     result_flags: frozenset[str] = frozenset()              # abnormal flags beside a text result, lower case ("h", "(h)" is read as "h")
+    observation_text_valuesets: frozenset[str] = frozenset()  # labs also recognised by their words (observation_text_match)
+    observation_text_unless: frozenset[str] = frozenset()     # ... unless coded in one of these systems (LOINC)
     per_site_words: tuple[str, ...] = ()   # dosage words saying the dose is per injection site ("per site", "each")
     site_count_words: tuple[str, ...] = () # words a number of sites is written with ("6 sites", "4 TPs")
 
@@ -193,6 +204,8 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
              for i, name in enumerate(doc.get(key, ()))]
     if "acute_conditions" in doc:
         named += [(["acute_conditions", "valuesets", i], n) for i, n in enumerate(doc["acute_conditions"]["valuesets"])]
+    if "observation_text_match" in doc:
+        named += [(["observation_text_match", "valuesets", i], n) for i, n in enumerate(doc["observation_text_match"]["valuesets"])]
     if "anesthetic_limits" in doc:
         lim = doc["anesthetic_limits"]
         named += [(["anesthetic_limits", k], lim[k]) for k in ("weight_valueset", "vasoconstrictor_valueset")]
@@ -234,6 +247,7 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
             exclude_ended_period=p.get("exclude_ended_period", False),
             exclude_intent=frozenset(p.get("exclude_intent", ())),
             reported_counts=p.get("reported_counts", False),
+            reported_categories=frozenset(p.get("reported_categories", ())),
         )
     limits = None
     if "anesthetic_limits" in plain:
@@ -265,6 +279,8 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         observation_values={resolve(n): v for n, v in plain.get("observation_values", {}).items()},
         unit_codes=plain.get("unit_codes", {}),
         result_flags=frozenset(f.lower() for f in plain.get("result_flags", ())),
+        observation_text_valuesets=frozenset(resolve(n) for n in plain.get("observation_text_match", {}).get("valuesets", ())),
+        observation_text_unless=frozenset(plain.get("observation_text_match", {}).get("unless_coded_in", ())),
         per_site_words=tuple(plain.get("per_site_dose", {}).get("per_site_words", ())),
         site_count_words=tuple(plain.get("per_site_dose", {}).get("count_words", ())),
     )
