@@ -131,10 +131,10 @@ def test_no_progress_line_off_a_terminal():
 # --- issue 7 item 8: --injectate names the value sets do not know -----------------------------
 
 def test_unknown_injectate_is_a_usage_error_with_known_agents_and_close_spellings():
-    r = run("evaluate", "--injectate", "lidocane:50mg,triamcinolone:40mg", str(WARFARIN))
+    r = run("evaluate", "--injectate", "lidocaien:50mg,triamcinolone:40mg", str(WARFARIN))
     assert r.exit_code == 2
     err = r.stderr
-    assert "'lidocane' is not a medication the rules know" in err
+    assert "'lidocaien' is not a medication the rules know" in err
     assert "Did you mean lidocaine" in err
     # known agents come from the value sets (text patterns and displays), by value set title
     for known in ("bupivacaine", "triamcinolone", "kenalog", "sodium chloride"):

@@ -96,7 +96,7 @@ def test_absent_patterns_do_not_depend_on_fact_order(evaluator):
          "text_only": [], "region": "region-lower-limb", "status": "active", "recorded_as": "problem list, active, undated"},
         {"t": "site", "fid": 2, "ref": "ServiceRequest/o", "order": "ServiceRequest/o", "name": "deltoid", "vs": ["region-upper-limb"],
          "text_only": [], "region": "region-upper-limb"},
-        {"t": "inventory", "fid": 3, "medications": 1, "allergies": 1, "conditions": 1, "procedures": 1, "observations": 1, "patient": 1, "orders": 0, "injectates": 0, "sites": 1, "checked": []},
+        {"t": "inventory", "fid": 3, "medications": 1, "allergies": 1, "conditions": 1, "procedures": 1, "observations": 1, "patient": 1, "orders": 0, "injectates": 0, "sites": 1, "checked": [], "unread_sites": [], "unread_site_count": 0},
     ]
     rng = random.Random(7)
     for _ in range(20):

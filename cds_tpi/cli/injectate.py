@@ -53,13 +53,28 @@ def is_known(name: str, book, vocab: InjectateVocabulary) -> bool:
     return False
 
 
+def _suggestions(name: str, book, vocab: InjectateVocabulary, n: int = 3) -> list[str]:
+    """Close spellings of `name`, one per agent: the value sets also hold misspellings seen in records
+    ("lidocain", "lidocane") so that an allergy written so is read; a suggestion names the agent as
+    product names spell it (a word of a concept's display) when one of its spellings is close."""
+    candidates = difflib.get_close_matches(name.strip().lower(), vocab.all_names(), n=12, cutoff=0.6)
+    display_words = {w for d in vocab.displays for w in d.replace("/", " ").split()}
+    by_agent: dict[frozenset, list[str]] = {}
+    for c in candidates:
+        by_agent.setdefault(frozenset(book.terminology.match([], [c]).all), []).append(c)
+    out = []
+    for spellings in by_agent.values():
+        out.append(next((c for c in spellings if c in display_words), spellings[0]))
+    return out[:n]
+
+
 def check_injectates(names: list[str], book) -> None:
     """Raise a click.UsageError (exit 2) for the first name no injectate value set knows."""
     vocab = vocabulary(book)
     for name in names:
         if is_known(name, book, vocab):
             continue
-        close = difflib.get_close_matches(name.strip().lower(), vocab.all_names(), n=3, cutoff=0.6)
+        close = _suggestions(name, book, vocab)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         known = "; ".join(f"{title}: {', '.join(names_)}" for title, names_ in vocab.agents.items())
         raise click.UsageError(
