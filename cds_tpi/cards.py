@@ -54,6 +54,11 @@ def _without_empty(obj):
     return obj
 
 
+class _CannotDelete(Exception):
+    """A delete action whose target is not a draft order with an id (a draft sent only with a urn:uuid
+    fullUrl, an injectate read from the order's text): the suggestion cannot be carried out as a whole."""
+
+
 def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
     items = ctx.get(spec["for_each"], []) if "for_each" in spec else [None]
     out = []
@@ -63,7 +68,10 @@ def _actions(spec: dict, ctx: dict, drafts: dict[str, dict]) -> list[dict]:
         if spec["type"] == "delete":
             rid = templates.render(spec["resource_id"], c, "raw")
             if not rid or rid not in drafts:
-                continue  # only draft orders can be removed
+                # Only a draft order with an id can be removed. A suggestion that cannot remove what it
+                # says it replaces must not be offered at all: accepting "Replace lidocaine with saline"
+                # would add the saline and leave the lidocaine (audit 4: drafts with no id).
+                raise _CannotDelete(rid)
             action["resourceId"] = rid
         elif spec["type"] == "create":
             # (a template whose value is unknown - e.g. no valid Patient, so no subject - renders empty)
@@ -104,7 +112,10 @@ def card_for(f: Finding, drafts: dict[str, dict], patient: dict | None = None) -
     for s in rule.card.get("suggestions", []):
         if s.get("requires") and not ctx.get(s["requires"]):
             continue
-        actions = [a for spec in s["actions"] for a in _actions(spec, ctx, drafts)]
+        try:
+            actions = [a for spec in s["actions"] for a in _actions(spec, ctx, drafts)]
+        except _CannotDelete:
+            continue
         if not actions:
             continue
         sug = {"label": templates.render(s["label"], ctx, "text"), "uuid": str(uuid.uuid4()), "actions": actions}

@@ -115,3 +115,20 @@ def test_a_missing_data_headline_is_cut_at_the_first_colon_outside_parentheses()
     assert headline("dose of lidocaine (no usable dose in mg: 1 vial): not done") == \
         "dose of lidocaine (no usable dose in mg: 1 vial)"
     assert headline("a (b: c") == "a (b)"  # never an unclosed parenthesis
+
+
+def test_a_replace_suggestion_whose_delete_cannot_be_built_is_not_offered(rules):
+    """"Replace lidocaine with saline" = delete the lidocaine draft + create saline. When the lidocaine draft
+    has no id (sent with a urn:uuid fullUrl only), the delete cannot be built: offering the create alone
+    would add saline and leave the lidocaine of an allergic patient (audit 4). The whole suggestion goes."""
+    allergy = _fact(ref="AllergyIntolerance/a1", name="lidocaine allergy", vs=["lidocaine", "local-anesthetics-amide"])
+    lido = _fact(ref="", name="lidocaine 1% injection", vs=["lidocaine", "local-anesthetics-amide", "local-anesthetics"])
+    card = cards.card_for(_finding(rules["allergy-anesthetic"], {"allergy": [allergy], "drug": [lido]}), {})
+    assert "suggestions" not in card
+    drafted = dict(lido, ref="MedicationRequest/lido-1")
+    lido_draft = {"resourceType": "MedicationRequest", "id": "lido-1", "status": "draft", "intent": "order"}
+    card = cards.card_for(_finding(rules["allergy-anesthetic"], {"allergy": [allergy], "drug": [drafted]}),
+                          {"MedicationRequest/lido-1": lido_draft})
+    replace = card["suggestions"][0]
+    assert [a["type"] for a in replace["actions"]] == ["delete", "create"]
+    assert replace["actions"][0]["resourceId"] == "MedicationRequest/lido-1"
