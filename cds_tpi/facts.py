@@ -115,8 +115,9 @@ def gap_parts(text: str) -> tuple[str, str]:
     (the card names each gap once, not its head twice)."""
     head, _, rest = text.partition(":")
     head, rest = head.strip(), rest.strip()
-    if len(head) > 80:
-        head = head[:79].rstrip() + "…"
+    if len(head) > 80:  # cut at a word, not inside one ("was skip…")
+        cut = head[:79]
+        head = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;(") + "…"
     return head, rest or "unreadable"
 
 

@@ -107,7 +107,7 @@ async def complete_prefetch(call: HookCall, client: FhirClient, config: ServiceC
             if key.required:
                 failed.append(f"required prefetch '{key.key}' ({key.label}): {value}")
             else:
-                gaps.append(f"{key.label} ({value})")
+                gaps.append(f"{key.label}: {value}")  # head: why (facts.gap_parts)
             continue
         if status == "fetched":
             fetched.append(key.key)

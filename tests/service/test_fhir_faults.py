@@ -276,7 +276,7 @@ def test_optional_data_lost_to_a_fault_is_a_missing_data_card_in_bounded_time(se
     assert "anticoagulant" in codes  # the data that was sent is still checked
     missing = " ".join(c["summary"] + c.get("detail", "") for c in body["cards"]
                        if c["source"]["topic"]["code"] == "missing-data")
-    assert f"procedures of the last 12 months ({GENERIC})" in missing, missing
+    assert f"procedures of the last 12 months: {GENERIC}" in missing, missing
     assert any("key procedures" in m and reason in m for m in caplog.messages), caplog.messages
     assert sentinel.connections == before
 

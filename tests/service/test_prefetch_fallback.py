@@ -125,7 +125,7 @@ def test_optional_data_lost_to_faults_gives_a_missing_data_card(service, fhir_st
     assert "anticoagulant" in _codes(r)
     detail = _missing_detail(r)
     # open mode: the caller reads the generic text, the log the reason
-    assert "procedures of the last 12 months (could not be fetched from the FHIR server)" in detail, detail
+    assert "procedures of the last 12 months: could not be fetched from the FHIR server" in detail, detail
     assert any("key procedures" in m and reason in m for m in caplog.messages), caplog.messages
 
 
