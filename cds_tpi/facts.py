@@ -432,6 +432,7 @@ class FactBuilder:
                 self._administered_tpi(r, own_tpis[id(r)])
                 counts["procedures"] += 1
         self._build_observations()
+        self._later_records()
         orders, injectates = self._orders(drafts)
         counts["orders"], counts["injectates"] = len(orders), len(injectates)
         counts["sites"] = sum(1 for f in self.facts if f["t"] == "site")
@@ -439,6 +440,23 @@ class FactBuilder:
         self._emit("inventory", checked=sorted(inputs.checked), unread_sites=unread_sites,
                    unread_site_count=len(unread_sites), **counts)
         return self.facts
+
+    def _later_records(self) -> None:
+        """On each dated condition fact: the value sets of the current conditions dated after it (later_vs)
+        and the answer value sets (value_vs) of the results dated after it that are the newest of a value set
+        (later_result_vs), so a rule can say what followed a diagnosis (a delivery after a pregnancy, a newer
+        negative test) without comparing two facts' dates (a gt/lt join, which durable-rules cannot do).
+        Dates are whole days: the same day is not later."""
+        conditions = [f for f in self.facts if f["t"] == "condition"]
+        results = [f for f in self.facts if f["t"] == "observation" and f.get("latest_in") and f.get("value_vs")
+                   and isinstance(f.get("age_days"), int)]
+        for c in conditions:
+            days = c.get("onset_days")
+            if not isinstance(days, int):
+                continue
+            c["later_vs"] = sorted({v for o in conditions if isinstance(o.get("onset_days"), int)
+                                    and o["onset_days"] < days for v in o["vs"]})
+            c["later_result_vs"] = sorted({v for o in results if o["age_days"] < days for v in o["value_vs"]})
 
     def _patient(self, r: dict) -> None:
         born = parse_date(r.get("birthDate"))
@@ -450,6 +468,12 @@ class FactBuilder:
             fields["age_years"] = age
         if r.get("gender"):
             fields["sex"] = r["gender"]
+        # Patient.deceased[x]: deceasedBoolean true, or a deceasedDateTime (the date, as recorded)
+        died = r.get("deceasedDateTime")
+        if r.get("deceasedBoolean") is True or (isinstance(died, str) and died):
+            fields["deceased"] = True
+            if isinstance(died, str) and died:
+                fields["deceased_date"] = died[:10]
         self._emit("patient", **fields)
 
     def _medication(self, r: dict) -> None:
@@ -1065,7 +1089,8 @@ class FactBuilder:
                       f"{key} has {' and '.join(dict.fromkeys(drugs))} ordered with it, but its code is not in the trigger point "
                       f"injection value sets ({tpi_sets}), so its injection site was not read: the site, infection, "
                       "thoracic and interval checks did not include it")
-        dose_facts, total = planned.dose_facts(doses, self._weight_kg(), self.policy)
+        age = next((f["age_years"] for f in self.facts if f["t"] == "patient" and "age_years" in f), None)
+        dose_facts, total = planned.dose_facts(doses, self._weight_kg(), self.policy, age)
         for f in dose_facts:
             self._emit("dose", **f)
         if total:

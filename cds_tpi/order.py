@@ -28,6 +28,9 @@ _PERCENT = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,4})?)\s{0,3}%")
 # Where a product name separates its ingredients: RxNorm's " / ", and "+", ";", "with", "w/", "and",
 # a comma not inside a number ("1:100,000").
 _COMPONENTS = re.compile(r"\s/\s|\+|;|\bwith\b|\bw/|\band\b|,(?!\d)", re.IGNORECASE)
+# Reading one agent's strength, "in" also separates: a compounded "TRIAMCINOLONE 40 MG IN LIDOCAINE 1% 5 ML"
+# or "bupivacaine 0.5 mg/mL in sodium chloride 0.9%" names the diluent's strength after "in", not the drug's.
+_STRENGTH_PARTS = re.compile(_COMPONENTS.pattern + r"|\bin\b", re.IGNORECASE)
 PERCENT_MG_PER_ML = 10.0  # 1 % w/v = 1 g / 100 mL = 10 mg/mL
 # A name that describes a mixture of stock solutions drawn up together (records.yaml volume_units): a word
 # for mixing, a "+" between the solutions, or a mixing ratio "1:1", "50:50", "2:1", "1:1:1" (parts of at most
@@ -249,7 +252,7 @@ def agent_strength(product: Product, agent: str, others: set[str], term, policy:
                 return conc, "ingredient strength"
     for text in product.texts:
         found: set[float] = set()
-        for part in _COMPONENTS.split(text[:MAX_TEXT]):
+        for part in _STRENGTH_PARTS.split(text[:MAX_TEXT]):
             named = term.match([], [part]).all
             if agent in named and not (named & others):
                 found |= strengths_in(part, policy)
@@ -654,12 +657,17 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}".rstrip("0").rstrip(".")
 
 
-def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPolicy) -> tuple[list[dict], dict | None]:
+def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPolicy,
+               age_years: int | None = None) -> tuple[list[dict], dict | None]:
     """Per anesthetic (and vasoconstrictor or not): the summed dose of every draft order against its
     maximum for this patient; and, when there are several, the sum of their fractions (additive toxicity).
+    `age_years`: the patient's age, None when unknown. Without a weight the absolute (adult) maximum is
+    the limit; a child's dose fact then says so (child: true), an unknown age too (age_unknown: true).
 
     Returns (dose fact fields, dose-total fact fields or None)."""
     limits = policy.anesthetic_limits
+    child = (age_years is not None and limits.adult_min_age_years is not None
+             and age_years < limits.adult_min_age_years)
     if weight_kg is not None:
         weight_kg = round(weight_kg, 1)  # the weight a card shows is the one computed with (51.98 kg: 52 x 7 = 364)
     groups: dict[tuple, list[AgentDose]] = {}
@@ -691,6 +699,12 @@ def dose_facts(doses: list[AgentDose], weight_kg: float | None, policy: RecordPo
             else:
                 limit = cap
                 fields["limit_text"] = f"the absolute maximum of {_fmt(cap)} mg (no recent weight for {_fmt(per_kg)} mg/kg)"
+                fields["mg_per_kg"] = per_kg
+                if child:  # the adult cap is no maximum for a child: anesthetic-dose says it was not checked
+                    fields["child"] = True
+                    fields["age_years"] = age_years
+                elif age_years is None:
+                    fields["age_unknown"] = True
             fields["limit_mg"] = round(limit, 3)
             fields["fraction"] = round(fields["total_mg"] / limit, 4)
             if known:

@@ -132,3 +132,33 @@ def test_a_replace_suggestion_whose_delete_cannot_be_built_is_not_offered(rules)
     replace = card["suggestions"][0]
     assert [a["type"] for a in replace["actions"]] == ["delete", "create"]
     assert replace["actions"][0]["resourceId"] == "MedicationRequest/lido-1"
+
+
+def test_a_steroid_removal_does_not_delete_a_compounded_request_that_holds_the_anesthetic(rules):
+    """One MedicationRequest 'TRIAMCINOLONE 40 MG IN LIDOCAINE 1% 5 ML' (audit 4 w28): deleting it would
+    remove the lidocaine too, so the 'Remove' suggestion is not offered; a note on the draft is."""
+    compounded = _fact(ref="MedicationRequest/mix", name="TRIAMCINOLONE 40 MG IN LIDOCAINE 1% 5 ML",
+                       vs=["corticosteroids", "lidocaine", "local-anesthetics", "local-anesthetics-amide"])
+    draft = {"resourceType": "MedicationRequest", "id": "mix", "status": "draft", "intent": "order"}
+    diabetes = _fact(ref="Condition/dm", name="Type 2 diabetes", vs=["diabetes"])
+    for rid in ("diabetes-steroid", "pregnancy-steroid", "steroid-frequency", "allergy-steroid"):
+        card = cards.card_for(_finding(rules[rid], {"steroid": [compounded], "diabetes": [diabetes]}),
+                              {"MedicationRequest/mix": draft})
+        actions = [a for s in card.get("suggestions", []) for a in s["actions"]]
+        assert actions and all(a["type"] == "update" for a in actions), rid
+        assert "without the corticosteroid" in actions[0]["resource"]["note"][-1]["text"]
+    # a steroid request of its own is deleted as before, and no note is offered
+    alone = _fact(ref="MedicationRequest/k", name="Kenalog-40", vs=["corticosteroids"])
+    card = cards.card_for(_finding(rules["diabetes-steroid"], {"steroid": [alone], "diabetes": [diabetes]}),
+                          {"MedicationRequest/k": dict(draft, id="k")})
+    assert [[a["type"] for a in s["actions"]] for s in card["suggestions"]] == [["delete"]]
+
+
+def test_an_anesthetic_removal_does_not_delete_a_compounded_request_that_holds_the_steroid(rules):
+    allergy = _fact(ref="AllergyIntolerance/a1", name="lidocaine allergy", vs=["lidocaine", "local-anesthetics-amide"])
+    compounded = _fact(ref="MedicationRequest/mix", name="TRIAMCINOLONE 40 MG IN LIDOCAINE 1% 5 ML",
+                       vs=["corticosteroids", "lidocaine", "local-anesthetics", "local-anesthetics-amide"])
+    draft = {"resourceType": "MedicationRequest", "id": "mix", "status": "draft", "intent": "order"}
+    card = cards.card_for(_finding(rules["allergy-anesthetic"], {"allergy": [allergy], "drug": [compounded]}),
+                          {"MedicationRequest/mix": draft})
+    assert [[a["type"] for a in s["actions"]] for s in card["suggestions"]] == [["update"]]

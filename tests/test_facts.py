@@ -688,3 +688,39 @@ def test_a_newer_negative_pregnancy_test_wins_over_a_gestational_age(evaluator):
                 "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260385009", "display": "Negative"}]}}
     assert not _pregnancy_card(evaluator, _ga("2026-11-10"), negative)
     assert _pregnancy_card(evaluator, _ga("2026-11-24"), negative)
+
+
+def _cond(cid, code, when, status=None):
+    r = {"resourceType": "Condition", "id": cid, "subject": {"reference": "Patient/p1"},
+         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]}, "onsetDateTime": when}
+    if status:
+        r["clinicalStatus"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]}
+    return r
+
+
+def test_a_condition_knows_what_was_recorded_after_it():
+    """later_vs / later_result_vs: what followed a diagnosis, so a rule needs no date join (audit 4 w20:
+    'Pregnancy' left active, a delivery and a negative hCG after it)."""
+    hcg = dict(_lab("2106-3", valueCodeableConcept={"text": "Negative"}), effectiveDateTime="2026-11-14")
+    facts = _facts_of(_cond("preg", "Z34.90", "2024-06-07", "active"), _cond("del", "O80", "2025-02-02"), hcg)
+    preg = next(f for f in facts if f["ref"] == "Condition/preg")
+    assert "pregnancy-ended" in preg["later_vs"] and "pregnancy-negative-answer" in preg["later_result_vs"]
+    delivery = next(f for f in facts if f["ref"] == "Condition/del")
+    assert "pregnancy" not in delivery["later_vs"]  # the pregnancy is older
+
+
+def test_a_deceased_patient_is_a_patient_fact_field():
+    from cds_tpi.facts import FactBuilder, Inputs
+    from cds_tpi.ruleset import load_rulebook
+
+    from .conftest import RULES
+    book = load_rulebook(RULES)
+    for patient, want in [(dict(PATIENT, deceasedDateTime="2024-03-02T10:00:00Z"), (True, "2024-03-02")),
+                          (dict(PATIENT, deceasedBoolean=True), (True, None)),
+                          (dict(PATIENT, deceasedBoolean=False), (None, None))]:
+        facts = FactBuilder(book.terminology, book.records, NOW).build(Inputs(record=[patient]))
+        p = next(f for f in facts if f["t"] == "patient")
+        assert (p.get("deceased"), p.get("deceased_date")) == want
+
+
+# -- allergy type (audit 4 w13) ---------------------------------------------------------------------------------

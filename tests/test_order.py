@@ -633,3 +633,27 @@ def test_the_per_site_words_are_data(book):
     policy = replace(book.records, per_site_words=(), site_count_words=())
     assert planned.ordered_dose(_per_site_order(5, "5 mL per site x 6 sites"), policy).ml == 5
     assert planned.ordered_dose(_per_site_order(3, None, {"count": 6}), policy).ml == 18   # the timing count is FHIR, not words
+
+
+@pytest.mark.parametrize("name,ml,want", [
+    # a compounded "X IN Y n%": the percent after "in" is the lidocaine's (audit 4 w28: 5 mL -> 50 mg)
+    ("TRIAMCINOLONE 40 MG IN LIDOCAINE 1% 5 ML (COMPOUNDED TPI MIXTURE)", 5, {"lidocaine": 50}),
+    ("bupivacaine 2.5 mg/mL in sodium chloride 0.9%", 10, {"bupivacaine": 25}),
+])
+def test_a_strength_after_in_belongs_to_the_product_named_after_it(book, name, ml, want):
+    assert _mg(book, [name], ml) == pytest.approx(want)
+
+
+def test_a_childs_dose_without_a_weight_is_marked_not_checked(book):
+    """No usable weight: the absolute (adult) maximum is the limit; for a child (under records.yaml
+    anesthetic_limits adult_min_age_years) the fact says child, so anesthetic-dose warns (audit 4)."""
+    adult_age = book.records.anesthetic_limits.adult_min_age_years
+    assert adult_age == 18
+    (child,), _ = planned.dose_facts([_dose(book, "lidocaine", 250)], None, book.records, 7)
+    assert child["child"] is True and child["age_years"] == 7 and child["mg_per_kg"] == 4.5 and child["limit_mg"] == 300
+    (adult,), _ = planned.dose_facts([_dose(book, "lidocaine", 250)], None, book.records, adult_age)
+    assert "child" not in adult and "age_unknown" not in adult
+    (unknown,), _ = planned.dose_facts([_dose(book, "lidocaine", 250)], None, book.records, None)
+    assert unknown["age_unknown"] is True and "child" not in unknown
+    (weighed,), _ = planned.dose_facts([_dose(book, "lidocaine", 250)], 20.0, book.records, 7)
+    assert weighed["limit_mg"] == 90 and weighed["fraction"] > 1 and "child" not in weighed

@@ -52,6 +52,7 @@ _SCHEMA = {
             "properties": {
                 "weight_valueset": {"type": "string"},
                 "weight_max_age_days": {"type": "integer", "minimum": 0},
+                "adult_min_age_years": {"type": "integer", "minimum": 0},
                 "anesthetic_valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "vasoconstrictor_valueset": {"type": "string"},
                 "agents": {"type": "array", "minItems": 1, "items": {
@@ -148,6 +149,8 @@ class AnestheticLimits:
     anesthetic_valuesets: tuple[str, ...]
     vasoconstrictor_valueset: str
     agents: tuple[AgentLimit, ...]
+    # below this age (years) the maximum needs a weight: the adult cap alone is no check (dose facts: child)
+    adult_min_age_years: int | None = None
 
 
 _ANY = ResourcePolicy()
@@ -260,6 +263,7 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
             agents=tuple(AgentLimit(resolve(a["valueset"]), float(a["mg_per_kg"]), float(a["max_mg"]),
                                     (float(a["with_vasoconstrictor"]["mg_per_kg"]), float(a["with_vasoconstrictor"]["max_mg"]))
                                     if "with_vasoconstrictor" in a else None) for a in lim["agents"]),
+            adult_min_age_years=lim.get("adult_min_age_years"),
         )
     return RecordPolicy(
         tpi_order_valuesets=tuple(resolve(n) for n in plain["tpi_order_valuesets"]),
