@@ -94,6 +94,23 @@ def _is_injectate(r: dict, term, policy: RecordPolicy) -> bool:
     return bool(term.match(codes, texts).all & set(policy.injectate_valuesets))
 
 
+def injectates_of_absent_orders(resources, term, policy: RecordPolicy) -> list[dict]:
+    """Draft injectate MedicationRequests basedOn a ServiceRequest that is not among these drafts (an
+    order signed earlier, an on-hold order the EHR did not send): they may be the injectate of a TPI.
+    The service evaluates them (dose, allergy, steroid checks; the missing-data card says the order they
+    are basedOn was not in the input, so its site was not read) rather than answering no cards."""
+    present = {f"{r.get('resourceType')}/{r['id']}" for r in resources if isinstance(r, dict) and isinstance(r.get("id"), str)}
+    out = []
+    for r in resources:
+        if not isinstance(r, dict) or r.get("resourceType") != "MedicationRequest":
+            continue
+        targets = [normalize(b["reference"]) for b in _list(r.get("basedOn"))
+                   if isinstance(b, dict) and isinstance(b.get("reference"), str) and not b["reference"].startswith(("#", "urn:"))]
+        if any(t.startswith("ServiceRequest/") and t not in present for t in targets) and _is_injectate(r, term, policy):
+            out.append(r)
+    return out
+
+
 def injectates_for_tpi(resources, term, policy: RecordPolicy) -> list[dict]:
     """Draft injectate MedicationRequests that say they are for a trigger point injection (their reason,
     note, dosage text or instructions are in tpi_order_valuesets: "lidocaine 1% inj for TPI"), with no
@@ -800,5 +817,5 @@ def synthesize(injectates: list[Injectate], sites: list[str], patient_ref: str |
     return out
 
 
-__all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "injectates_for_tpi", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
+__all__ = ["is_tpi", "is_tpi_order", "unrecognised_injection_orders", "injectates_of_absent_orders", "injectates_for_tpi", "Product", "Dose", "ordered_dose", "quantity_units", "agent_strength", "agent_doses", "dose_facts",
            "strengths_in", "components", "mixture", "Mixture", "Injectate", "parse_injectates", "synthesize", "appointment_as_orders"]

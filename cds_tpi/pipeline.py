@@ -109,13 +109,15 @@ class Evaluator:
 
     def may_be_tpi_order(self, resources: list[dict]) -> bool:
         """True for a TPI order; for a procedure order not recognised as one that has a local anesthetic
-        or steroid ordered with it (order.unrecognised_injection_orders); and for an injectate ordered
-        alone whose reason or notes say it is for a TPI (order.injectates_for_tpi). The service evaluates
-        all three, so the last two are answered (named in missing-data, dose checked) instead of silence."""
+        or steroid ordered with it (order.unrecognised_injection_orders); for an injectate ordered alone
+        whose reason or notes say it is for a TPI (order.injectates_for_tpi); and for an injectate basedOn
+        an order that is not in the request (order.injectates_of_absent_orders). The service evaluates
+        them all, so the last three are answered (named in missing-data, dose checked) instead of silence."""
         term, policy = self.book.terminology, self.book.records
         return (self.is_tpi_order(resources)
                 or bool(planned.unrecognised_injection_orders(resources, term, policy))
-                or bool(planned.injectates_for_tpi(resources, term, policy)))
+                or bool(planned.injectates_for_tpi(resources, term, policy))
+                or bool(planned.injectates_of_absent_orders(resources, term, policy)))
 
     def _lab_sets(self, r: dict) -> frozenset:
         """The value sets an Observation's codes are in (a lab with a local code only also by the words of

@@ -117,6 +117,18 @@ def test_records_of_another_patient_are_named():
     assert pid == "p1" and problems == ["Condition/c2 (at entry[1]) belongs to Patient/p2"]
 
 
+def test_an_appointment_of_another_patient_is_named():
+    """appointment-book: the Appointment's patient is a participant's actor (audit 4: another patient's
+    appointment was evaluated with the context patient's record)."""
+    appt = {"resourceType": "Appointment", "id": "a1", "status": "proposed",
+            "participant": [{"actor": {"reference": "Practitioner/dr1"}, "status": "accepted"},
+                            {"actor": {"reference": "Patient/other-9"}, "status": "needs-action"}]}
+    _, problems = patient_problems(_located(PATIENT, appt), None)
+    assert problems == ["Appointment/a1 (at entry[1]) belongs to Patient/other-9"]
+    own = dict(appt, participant=[{"actor": {"reference": "Patient/p1"}, "status": "needs-action"}])
+    assert patient_problems(_located(PATIENT, own), None) == ("p1", [])
+
+
 MRN = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"  # an Epic-style MRN system
 
 

@@ -657,3 +657,15 @@ def test_a_childs_dose_without_a_weight_is_marked_not_checked(book):
     assert unknown["age_unknown"] is True and "child" not in unknown
     (weighed,), _ = planned.dose_facts([_dose(book, "lidocaine", 250)], 20.0, book.records, 7)
     assert weighed["limit_mg"] == 90 and weighed["fraction"] > 1 and "child" not in weighed
+
+
+def test_an_injectate_based_on_an_order_not_in_the_request_is_evaluated(book, evaluator):
+    """order-sign whose draftOrders hold lidocaine and Kenalog basedOn a ServiceRequest that is not among
+    them (signed earlier, on hold): evaluated (audit 4: the service answered no cards, the CLI warned)."""
+    kenalog = _mr("mr1", "ServiceRequest/sr-tpi", medicationCodeableConcept={"text": "KENALOG-40 40 MG/ML IJ SUSP"})
+    assert planned.injectates_of_absent_orders([kenalog], book.terminology, book.records) == [kenalog]
+    assert evaluator.may_be_tpi_order([kenalog])
+    # the order it is basedOn is in the request (and not a TPI, with nothing else): not this case
+    assert planned.injectates_of_absent_orders([_sr("sr-tpi", "CBC"), kenalog], book.terminology, book.records) == []
+    ondansetron = _mr("mr2", "ServiceRequest/sr-x", medicationCodeableConcept={"text": "ondansetron 4 mg"})
+    assert not evaluator.may_be_tpi_order([ondansetron])

@@ -1,7 +1,7 @@
 """One patient per evaluation: records that belong to another patient are refused, never mixed in.
 
 The patient is the request's `context.patientId`, else the only Patient of the input. A record's
-patient is its `subject` or `patient` reference (relative, absolute, or a `urn:uuid:` fullUrl of a
+patient is its `subject` or `patient` reference (an Appointment's: a participant's actor) (relative, absolute, or a `urn:uuid:` fullUrl of a
 Patient in the same input). A reference given only as an `identifier` (no `reference`: some EHRs
 send `subject: {identifier: {system: MRN system, value}}`) is compared with the identifiers of the
 patient's Patient resource in the same system: another value is another patient. A reference that
@@ -79,8 +79,10 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
         r = loc.resource
         if not isinstance(r, dict) or r.get("resourceType") == "Patient":
             continue
-        for fld in _SUBJECT_FIELDS:
-            value = r.get(fld)
+        values = [r.get(fld) for fld in _SUBJECT_FIELDS]
+        if r.get("resourceType") == "Appointment":  # its patient is a participant (appointment-book)
+            values += [p.get("actor") for p in r.get("participant") or () if isinstance(p, dict)]
+        for value in values:
             if value is None or (own and isinstance(value, dict) and value.get("reference") == own):
                 continue  # the common case, decided without parsing
             pid = _patient_id(value, index)

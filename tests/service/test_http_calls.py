@@ -101,9 +101,20 @@ def test_order_select_of_the_tpis_injectate_is_evaluated(service):
 
 def test_order_sign_without_a_tpi_draft_gives_no_cards(service):
     request = hook_request("order-sign")
-    request["context"]["draftOrders"]["entry"] = request["context"]["draftOrders"]["entry"][1:]
+    request["context"]["draftOrders"]["entry"] = [{"resource": {
+        "resourceType": "ServiceRequest", "id": "lab-1", "status": "draft", "intent": "order",
+        "subject": {"reference": f"Patient/{PATIENT_ID}"}, "code": {"text": "CBC"}}}]
     r = service.post("/cds-services/tpi-order-sign", request)
     assert r.status_code == 200 and r.json() == {"cards": []}
+
+
+def test_order_sign_of_the_injectate_alone_based_on_an_order_not_sent_is_evaluated(service):
+    """The lidocaine draft is basedOn the TPI order, which is not in draftOrders (signed earlier, on hold):
+    evaluated, not silently skipped (audit 4)."""
+    request = hook_request("order-sign")
+    request["context"]["draftOrders"]["entry"] = request["context"]["draftOrders"]["entry"][1:]
+    r = service.post("/cds-services/tpi-order-sign", request)
+    assert r.status_code == 200 and r.json()["cards"]
 
 
 def test_appointment_not_for_a_tpi_gives_no_cards(service):
