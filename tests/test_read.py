@@ -142,3 +142,22 @@ def test_an_on_hold_tpi_order_is_still_the_planned_order_at_both_front_doors(eva
     # a revoked order stays history: not the planned order
     revoked = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("revoked"), _kenalog()), "b"), now=NOW)
     assert not any(f["t"] == "order" for f in revoked.facts)
+
+
+def test_an_outcome_entry_of_a_searchset_says_the_list_may_be_incomplete():
+    """Epic puts an OperationOutcome entry (search.mode outcome) in a searchset when some records were
+    withheld: the list is not complete, and missing-data must say so (audit 4, HTTP)."""
+    from cds_tpi.fhir.read import read_object
+    allergies = {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"},
+                      "code": {"text": "Penicillin"}}, "search": {"mode": "match"}},
+        {"resource": {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "warning", "code": "suppressed", "diagnostics": "The client is not authorized to see some of the data"}]},
+         "search": {"mode": "outcome"}}]}
+    request = {"hook": "patient-view", "hookInstance": "x", "context": {"userId": "Practitioner/u", "patientId": "p1"},
+               "prefetch": {"allergies": allergies}}
+    doc = read_object(request)
+    assert doc.notes == ["prefetch 'allergies': the EHR says the list may be incomplete (The client is not authorized to see some of the data)"]
+    informational = dict(allergies, entry=[allergies["entry"][0], {"resource": {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "informational", "diagnostics": "2 results"}]}, "search": {"mode": "outcome"}}])
+    assert read_object(dict(request, prefetch={"allergies": informational})).notes == []

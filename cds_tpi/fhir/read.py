@@ -265,6 +265,8 @@ def _read_hook_request(obj: dict, name: str) -> Document:
         if isinstance(value, dict) and value.get("resourceType") == "Bundle":
             # A searchset, even an empty one, is a list the EHR looked up.
             doc.checked |= _categories_of_key(key) or _categories_of_bundle(value)
+            doc.notes += [f"prefetch '{key}': the EHR says the list may be incomplete ({said})"
+                          for said in _outcome_warnings(value)]
         _collect(value, f"prefetch.{key}", doc.resources)
     drafts = context.get("draftOrders")
     if drafts is not None:
@@ -286,6 +288,23 @@ def _categories_of_key(key: str) -> set[str]:
 def _list(value) -> list:
     """value when it is a JSON array, else [] (malformed bundles are reported when their entries are read)."""
     return value if isinstance(value, list) else []
+
+
+def _outcome_warnings(bundle: dict) -> list[str]:
+    """What the OperationOutcome entries of a searchset (search.mode 'outcome') say at severity warning or
+    worse: EHRs put "the client is not authorized to see some of the data" there, beside the entries they
+    did return (Epic). The list is then incomplete, and missing-data must say so."""
+    out = []
+    for entry in _list(bundle.get("entry")):
+        r = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(r, dict) or r.get("resourceType") != "OperationOutcome":
+            continue
+        for issue in _list(r.get("issue")):
+            if isinstance(issue, dict) and issue.get("severity") in ("fatal", "error", "warning"):
+                details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+                text = issue.get("diagnostics") or details.get("text") or issue.get("code") or "an issue"
+                out.append(str(text)[:200])
+    return list(dict.fromkeys(out))
 
 
 def _categories_of_bundle(bundle: dict) -> set[str]:
