@@ -175,6 +175,28 @@ def condition_record(r: dict, onset: date | None) -> str:
     return ", ".join([kind, status or "no clinical status", f"dated {onset.isoformat()}" if onset else "undated"])
 
 
+def _allergy_type(r: dict) -> str:
+    """AllergyIntolerance.type: "allergy" or "intolerance" (R4 a code; R5 a CodeableConcept, its code), else
+    "unknown"."""
+    t = r.get("type")
+    code = t if isinstance(t, str) else _coding_code(t) if isinstance(t, dict) else None
+    return code if code in ("allergy", "intolerance") else "unknown"
+
+
+def condition_window(r: dict, vs, policy: RecordPolicy) -> int | None:
+    """The days a Condition counts from its latest date (records.yaml condition_windows), or None when it
+    counts however old. A window applies to a condition in one of its value sets that is not on the problem
+    list (an encounter diagnosis, or no problem-list-item category), whatever its clinicalStatus (EHRs send
+    encounter diagnoses as active for ever), and to any such condition without a clinicalStatus; a
+    problem-list entry with a status follows its status. In several windowed value sets: the longest window."""
+    on_list = "problem-list-item" in _categories(r)
+    if on_list and _coding_code(r.get("clinicalStatus")) is not None:
+        return None
+    found = set(vs)
+    days = [d for sets, d in policy.condition_windows if sets & found]
+    return max(days) if days else None
+
+
 def _site_words(concepts, name=None) -> str:
     """Body sites as the record words them, for a card ("Left buttock, Right trapezius"): each
     CodeableConcept by `name` (FactBuilder._site_name: its text, else its site coding's display with its
@@ -500,9 +522,9 @@ class FactBuilder:
         # two days ago with an onset 70 days back is a current problem, not history (records.yaml).
         onset = _latest(_condition_dates(r))
         age = self._age_days(onset)
-        if (_coding_code(r.get("clinicalStatus")) is None and self.policy.acute_window_days is not None
-                and age is not None and age > self.policy.acute_window_days and set(vs) & set(self.policy.acute_valuesets)):
-            return  # an old acute diagnosis with no status (an encounter diagnosis): history, not current
+        window = condition_window(r, vs, self.policy)
+        if window is not None and age is not None and age > window:
+            return  # an old encounter diagnosis (or one with no status) of a windowed condition: history, not current
         base = dict(ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
                     status=_coding_code(r.get("clinicalStatus")) or "unknown", recorded_as=condition_record(r, onset))
         if onset:
@@ -553,7 +575,7 @@ class FactBuilder:
             words = " ".join((said[0] if said else notes[0]).split())
             name += f" (reaction recorded: {words if len(words) <= 120 else words[:119].rstrip() + '…'})"
         self._emit("allergy", ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,
-                   criticality=r.get("criticality", "unknown"),
+                   criticality=r.get("criticality", "unknown"), type=_allergy_type(r),
                    verification=_coding_code(r.get("verificationStatus")) or "unknown",
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 
@@ -574,7 +596,7 @@ class FactBuilder:
         if not vs and "allergy" in self.need_vs:
             return
         self._emit("allergy", ref=ref_key(r) or "", name=f"{name} ({recorded_as.split(',')[0]}, not the allergy list)",
-                   vs=vs, text_only=text_only, criticality="unknown",
+                   vs=vs, text_only=text_only, criticality="unknown", type="unknown",
                    verification=_coding_code(r.get("verificationStatus")) or "unknown",
                    status=_coding_code(r.get("clinicalStatus")) or "unknown")
 

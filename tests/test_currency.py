@@ -71,7 +71,10 @@ def test_recent_encounter_diagnosis_counts_and_the_card_says_what_it_is(evaluato
 
 def test_old_acute_condition_on_the_problem_list_follows_its_status(evaluator):
     active = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
-    assert "local-infection" in _rules(evaluator, _cellulitis("2024-03-02", clinicalStatus=active))
+    problem_list = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}]
+    assert "local-infection" in _rules(evaluator, _cellulitis("2024-03-02", clinicalStatus=active, category=problem_list))
+    # an encounter diagnosis marked active is not a problem-list entry: the window applies (audit 4 w02)
+    assert "local-infection" not in _rules(evaluator, _cellulitis("2024-03-02", clinicalStatus=active))
 
 
 def test_acute_encounter_diagnosis_is_dated_by_its_latest_date(evaluator):
@@ -405,6 +408,9 @@ def _z7901(**extra):
     return {"resourceType": "Condition", "id": "z", "subject": {"reference": "Patient/p1"},
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
             "code": {"coding": [{"system": ICD, "code": "Z79.01", "display": "Long term (current) use of anticoagulants"}]},
+            # on the problem list: an active entry there follows its status (an encounter diagnosis of 400 days
+            # ago would be past its 365-day window, records.yaml condition_windows)
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}],
             "recordedDate": "2025-10-20", **extra}
 
 
@@ -450,3 +456,78 @@ def test_an_old_pneumonia_encounter_diagnosis_is_history(evaluator):
     ("U09.9", "Post COVID-19 condition", False)])
 def test_influenza_and_covid_but_not_vaccination_or_exposure(evaluator, code, text, fires):
     assert ("systemic-infection" in _rules(evaluator, _pneumonia("2026-11-22", code, text))) is fires
+
+
+# -- condition windows (records.yaml condition_windows; audit 4 w02, w03, w05, w06, w18, w29, w30) -------------
+
+ACTIVE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+PROBLEM_LIST = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}]
+
+
+def _dx(onset: str, code: str, text: str, **extra):
+    return _cellulitis(onset, code={"coding": [{"system": ICD, "code": code}], "text": text}, **extra)
+
+
+def test_an_old_encounter_diagnosis_marked_active_is_still_history(evaluator):
+    """EHRs send encounter diagnoses with clinicalStatus active for ever (w02, w30): the window applies."""
+    assert "local-infection" not in _rules(evaluator, _cellulitis("2024-11-02", clinicalStatus=ACTIVE))
+    assert "systemic-infection" not in _rules(evaluator, _dx("2025-09-01", "J18.9", "Pneumonia, unspecified organism", clinicalStatus=ACTIVE))
+    card = _rules(evaluator, _cellulitis("2026-11-18", clinicalStatus=ACTIVE))["local-infection"]
+    assert "encounter diagnosis, active, dated 2026-11-18" in card["detail"]
+
+
+def test_a_condition_with_no_category_is_not_on_the_problem_list(evaluator):
+    c = _cellulitis("2024-11-02", clinicalStatus=ACTIVE)
+    del c["category"]
+    assert "local-infection" not in _rules(evaluator, c)
+
+
+def test_a_problem_list_entry_with_a_status_follows_it_however_old(evaluator):
+    assert "local-infection" in _rules(evaluator, _cellulitis("2024-11-02", clinicalStatus=ACTIVE, category=PROBLEM_LIST))
+    plt = _dx("2020-01-01", "D69.6", "Thrombocytopenia, unspecified", clinicalStatus=ACTIVE, category=PROBLEM_LIST)
+    card = _rules(evaluator, plt)["bleeding-disorder"]
+    assert card["indicator"] == "critical" and "problem list, active" in card["detail"]
+    # on the problem list with no status: unknown, windowed like an encounter diagnosis
+    assert "bleeding-disorder" not in _rules(evaluator, _dx("2020-01-01", "D69.6", "Thrombocytopenia", category=PROBLEM_LIST))
+
+
+def test_window_lookup_is_pure(policy):
+    from cds_tpi.facts import condition_window
+    enc = _cellulitis("2026-01-01", clinicalStatus=ACTIVE)
+    assert condition_window(enc, ["skin-soft-tissue-infections"], policy) == 30
+    assert condition_window(enc, ["thrombocytopenia", "bleeding-disorders"], policy) == 365
+    assert condition_window(enc, ["diabetes", "gestational-diabetes"], policy) == 300
+    assert condition_window(enc, ["diabetes"], policy) is None
+    assert condition_window(dict(enc, category=PROBLEM_LIST), ["thrombocytopenia"], policy) is None
+    assert condition_window({"category": PROBLEM_LIST}, ["thrombocytopenia"], policy) == 365   # no status
+
+
+@pytest.mark.parametrize("code,text,rule", [
+    ("D69.6", "Thrombocytopenia, unspecified", "bleeding-disorder"),
+    ("D68.32", "Hemorrhagic disorder due to extrinsic circulating anticoagulants", "bleeding-disorder"),
+    ("D68.4", "Acquired coagulation factor deficiency", "bleeding-disorder"),
+    ("Z79.01", "Long term (current) use of anticoagulants", "anticoagulant")])
+def test_transient_bleeding_conditions_count_for_a_year_as_encounter_diagnoses(evaluator, code, text, rule):
+    assert rule in _rules(evaluator, _dx("2026-03-01", code, text, clinicalStatus=ACTIVE))
+    assert rule not in _rules(evaluator, _dx("2025-09-01", code, text))
+    assert rule not in _rules(evaluator, _dx("2023-05-01", code, text, clinicalStatus=ACTIVE))
+
+
+@pytest.mark.parametrize("code,text", [("D66", "Hereditary factor VIII deficiency"), ("D68.0", "Von Willebrand's disease")])
+def test_hereditary_bleeding_disorders_are_never_windowed(evaluator, code, text):
+    assert _rules(evaluator, _dx("2015-01-01", code, text))["bleeding-disorder"]["indicator"] == "critical"
+
+
+def test_gestational_diabetes_counts_only_for_a_pregnancy(evaluator):
+    gdm = lambda onset: _dx(onset, "O24.410", "Gestational diabetes mellitus in pregnancy, diet controlled")  # noqa: E731
+    facts_old = _condition_vs(evaluator, gdm("2023-08-01"))
+    facts_new = _condition_vs(evaluator, gdm("2026-06-01"))
+    assert facts_old == [] and "diabetes" in facts_new[0]
+    # by name only (a SNOMED-only or free-text record) alike
+    assert _condition_vs(evaluator, _cellulitis("2023-08-01", code={"text": "Gestational diabetes"})) == []
+
+
+def _condition_vs(evaluator, *conditions):
+    from cds_tpi.facts import FactBuilder, Inputs
+    facts = FactBuilder(evaluator.book.terminology, evaluator.book.records, NOW).build(Inputs(record=[PATIENT, *conditions]))
+    return [f["vs"] for f in facts if f["t"] == "condition"]

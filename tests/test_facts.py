@@ -724,3 +724,12 @@ def test_a_deceased_patient_is_a_patient_fact_field():
 
 
 # -- allergy type (audit 4 w13) ---------------------------------------------------------------------------------
+
+def test_allergy_type_is_read_from_r4_code_and_r5_codeable_concept(evaluator):
+    base = {"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640", "display": "prednisone"}]}}
+    r4 = dict(base, id="a1", type="intolerance")
+    r5 = dict(base, id="a2", type={"coding": [{"system": "http://hl7.org/fhir/allergy-intolerance-type", "code": "allergy"}]})
+    none = dict(base, id="a3")
+    types = {f["ref"]: f["type"] for f in _of(_facts(evaluator, r4, r5, none), "allergy")}
+    assert types == {"AllergyIntolerance/a1": "intolerance", "AllergyIntolerance/a2": "allergy", "AllergyIntolerance/a3": "unknown"}

@@ -12,7 +12,7 @@ FACT_FIELDS: dict[str, set[str]] = {
                            # (dated conditions) value sets of conditions, and answer value sets of newest results,
                            # dated after it
                            "later_vs", "later_result_vs"},
-    "allergy": COMMON | {"criticality", "verification", "status"},
+    "allergy": COMMON | {"criticality", "verification", "status", "type"},
     "observation": COMMON | {"value", "unit", "comparator", "value_vs", "age_days", "date", "latest_in", "code"},
     "procedure": COMMON | {"age_days", "date", "site", "used_vs", "status"},
     "inventory": {"t", "fid", "checked", "medications", "allergies", "conditions", "procedures", "observations",

@@ -41,10 +41,13 @@ _SCHEMA = {
         # coded units of systems other than UCUM: system -> code -> the UCUM unit it names
         "unit_codes": {"type": "object", "additionalProperties": {
             "type": "object", "additionalProperties": {"type": "string", "minLength": 1}}},
-        "acute_conditions": {
-            "type": "object", "additionalProperties": False, "required": ["valuesets", "window_days"],
-            "properties": {"valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                           "window_days": {"type": "integer", "minimum": 0}},
+        # conditions that count only for a while when recorded as an encounter diagnosis (not on the problem
+        # list) or with no clinicalStatus: value sets -> days from the condition's latest date
+        "condition_windows": {
+            "type": "array", "minItems": 1,
+            "items": {"type": "object", "additionalProperties": False, "required": ["valuesets", "window_days"],
+                      "properties": {"valuesets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                     "window_days": {"type": "integer", "minimum": 0}}},
         },
         "anesthetic_limits": {
             "type": "object", "additionalProperties": False,
@@ -169,8 +172,9 @@ class RecordPolicy:
     injectable_valuesets: tuple[str, ...] = ()
     non_injection_valuesets: tuple[str, ...] = ()   # a route / form / word that says a draft is not injected
     allergy_condition_valuesets: tuple[str, ...] = ()  # a Condition in one of these is also read as an allergy
-    acute_valuesets: tuple[str, ...] = ()
-    acute_window_days: int | None = None
+    # (value sets, window_days): a Condition in one of the value sets that is not on the problem list, or has no
+    # clinicalStatus, counts only while its latest date is within window_days (records.yaml condition_windows)
+    condition_windows: tuple[tuple[frozenset[str], int], ...] = ()
     anesthetic_limits: AnestheticLimits | None = None
     observation_values: dict = field(default_factory=dict)   # value set id -> {unit, unitless_max?, units?: {unit: {factor, offset?}}}
     unit_codes: dict = field(default_factory=dict)           # system -> code -> UCUM unit (SNOMED CT 258773002 -> mL)
@@ -205,8 +209,16 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
     named = [([key, i], name) for key in ("tpi_order_valuesets", "injectate_valuesets", "region_valuesets", "injectable_valuesets", "non_injection_valuesets",
                                           "allergy_condition_valuesets")
              for i, name in enumerate(doc.get(key, ()))]
-    if "acute_conditions" in doc:
-        named += [(["acute_conditions", "valuesets", i], n) for i, n in enumerate(doc["acute_conditions"]["valuesets"])]
+    windowed: dict[str, int] = {}
+    for i, win in enumerate(doc.get("condition_windows", ())):
+        for j, n in enumerate(win["valuesets"]):
+            named.append((["condition_windows", i, "valuesets", j], n))
+            if n in windowed:
+                # one window per value set: a condition's window must not depend on the order of this list
+                errors.append(f"{path}:{line_of(doc, ['condition_windows', i, 'valuesets', j])}: condition_windows: "
+                              f"value set '{n}' already has a window (condition_windows[{windowed[n]}])")
+                bad = True
+            windowed.setdefault(n, i)
     if "observation_text_match" in doc:
         named += [(["observation_text_match", "valuesets", i], n) for i, n in enumerate(doc["observation_text_match"]["valuesets"])]
     if "anesthetic_limits" in doc:
@@ -277,8 +289,8 @@ def load_record_policy(path: Path, terminology, errors: list[str]) -> RecordPoli
         injectable_valuesets=tuple(resolve(n) for n in plain.get("injectable_valuesets", ())),
         non_injection_valuesets=tuple(resolve(n) for n in plain.get("non_injection_valuesets", ())),
         allergy_condition_valuesets=tuple(resolve(n) for n in plain.get("allergy_condition_valuesets", ())),
-        acute_valuesets=tuple(resolve(n) for n in plain.get("acute_conditions", {}).get("valuesets", ())),
-        acute_window_days=plain.get("acute_conditions", {}).get("window_days"),
+        condition_windows=tuple((frozenset(resolve(n) for n in w["valuesets"]), int(w["window_days"]))
+                                for w in plain.get("condition_windows", ())),
         anesthetic_limits=limits,
         observation_values={resolve(n): v for n, v in plain.get("observation_values", {}).items()},
         unit_codes=plain.get("unit_codes", {}),
