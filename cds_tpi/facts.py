@@ -503,6 +503,13 @@ class FactBuilder:
         vs, text_only = self._member(codes, texts)
         # how a drug is given (injectable, non-injection words such as 'Oral Tablet') is no rule's concern
         ruled = set(vs) - set(self.policy.injectable_valuesets) - set(self.policy.non_injection_valuesets)
+        if not vs and codes and not texts:
+            # a current medication sent only as codes no value set knows, with no name anywhere (a product
+            # code the value sets lack): it cannot be told apart from an anticoagulant; say so
+            self._gap(ref_key(r) or "", f"medication {name} not identified",
+                      f"{ref_key(r) or 'a medication record'} is sent only as a code the value sets do not know "
+                      "and without a name, so the anticoagulant, antiplatelet and diabetes-medication checks "
+                      "could not include it")
         if not ruled and "medication" in self.need_vs:
             return
         self._emit("medication", ref=ref_key(r) or "", name=name, vs=vs, text_only=text_only,

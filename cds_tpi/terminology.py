@@ -93,6 +93,10 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.88": RXNORM, "urn:oid:2.16.840.1.113883.6.96": SNOMED,
     "urn:oid:2.16.840.1.113883.6.90": ICD10CM, "urn:oid:2.16.840.1.113883.6.1": LOINC,
     "urn:oid:2.16.840.1.113883.6.12": CPT,
+    # WHO ICD-10 (non-US EHRs, some US feeds): read as the ICD-10-CM code of the same spelling. The two
+    # share their categories (D68.0 von Willebrand disease, A41.9 sepsis, E11.9 type 2 diabetes); a WHO
+    # code ICD-10-CM splits further (L03.1) matches only where a set lists that category.
+    "http://hl7.org/fhir/sid/icd-10": ICD10CM, "urn:oid:2.16.840.1.113883.6.3": ICD10CM,
 }
 
 

@@ -733,3 +733,24 @@ def test_allergy_type_is_read_from_r4_code_and_r5_codeable_concept(evaluator):
     none = dict(base, id="a3")
     types = {f["ref"]: f["type"] for f in _of(_facts(evaluator, r4, r5, none), "allergy")}
     assert types == {"AllergyIntolerance/a1": "intolerance", "AllergyIntolerance/a2": "allergy", "AllergyIntolerance/a3": "unknown"}
+
+
+def test_a_medication_sent_only_as_an_unknown_code_is_named_not_identified(evaluator):
+    """A current medication coded only by a product code no value set lists, with no display or text,
+    cannot be told apart from an anticoagulant: a gap names it (audit 5: it was dropped silently). A
+    named unknown drug (lisinopril) or a known code is not a gap."""
+    from cds_tpi.facts import FactBuilder, Inputs
+    coded = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/p1"},
+             "medicationCodeableConcept": {"coding": [{"system": RX, "code": "1549683"}]}}
+    named = dict(coded, id="m2", medicationCodeableConcept={"coding": [{"system": RX, "code": "314076"}], "text": "lisinopril 10 mg"})
+    known = dict(coded, id="m3", medicationCodeableConcept={"coding": [{"system": RX, "code": "855332"}]})
+    facts = FactBuilder(evaluator.book.terminology, evaluator.book.records, NOW).build(Inputs(record=[PATIENT, coded, named, known]))
+    gaps = [f for f in facts if f["t"] == "gap"]
+    assert [g["ref"] for g in gaps] == ["MedicationRequest/m1"] and "not identified" in gaps[0]["what"]
+
+
+def test_who_icd10_is_read_as_icd10cm(evaluator):
+    term = evaluator.book.terminology
+    assert "bleeding-disorders" in term.match([("http://hl7.org/fhir/sid/icd-10", "D68.0")], []).all
+    assert "bleeding-disorders" in term.match([("urn:oid:2.16.840.1.113883.6.3", "D680")], []).all

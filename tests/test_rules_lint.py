@@ -154,11 +154,11 @@ def test_lint_refuses_a_coded_unit_no_table_converts(rules_copy):
     text = path.read_text()
     old = '"258773002": mL'
     assert old in text
-    path.write_text(text.replace(old, '"258773002": millilitre', 1))
+    path.write_text(text.replace(old, '"258773002": millilitres-per-vial', 1))
     line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if '"258773002"' in ln)
     result = _lint(rules_copy)
     assert result.exit_code == 1
-    assert any(ln.startswith(f"{path}:{line}:") and "'millilitre' is in no dose_units" in ln
+    assert any(ln.startswith(f"{path}:{line}:") and "'millilitres-per-vial' is in no dose_units" in ln
                for ln in result.output.splitlines()), result.output
 
 
