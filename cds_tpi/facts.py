@@ -7,6 +7,7 @@ names, codes or thresholds live here.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -50,7 +51,7 @@ def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
         return False
     if p.exclude_intent and _text(r.get("intent")) in p.exclude_intent:
         reported = r.get("reportedBoolean") is True or isinstance(r.get("reportedReference"), dict)
-        if not ((p.reported_counts and reported) or (p.reported_categories and _category_codes(r) & p.reported_categories)):
+        if not ((p.reported_counts and reported) or (p.reported_categories and set(_categories(r, every=True)) & p.reported_categories)):
             return False
     if p.clinical_status is not None:
         cs = _coding_code(r.get("clinicalStatus"))
@@ -89,19 +90,6 @@ def lab_membership(term: Terminology, policy: RecordPolicy, codes: list, texts: 
         return by_code, frozenset()
     by_text = (term.match([], texts).by_text & allowed) - by_code
     return by_code | by_text, by_text
-
-
-def _category_codes(r: dict) -> set[str]:
-    """The codes of every coding of a record's category (a list, or one CodeableConcept), tolerant of
-    unvalidated JSON."""
-    cats = r.get("category")
-    out = set()
-    for cc in cats if isinstance(cats, list) else [cats]:
-        codings = cc.get("coding") if isinstance(cc, dict) else None
-        for c in codings if isinstance(codings, list) else ():
-            if isinstance(c, dict) and isinstance(c.get("code"), str):
-                out.add(c["code"])
-    return out
 
 
 def _text(value) -> str | None:
@@ -143,19 +131,37 @@ def _latest(dates: list[date]) -> date | None:
     return max(dates) if dates else None
 
 
+def _newer_than(items: list[tuple[int, list[str]]]):
+    """For (age in days, value sets) items: a function giving, for an age, the sorted value sets of the
+    items younger than it (a smaller age; the same day is not younger). Prefix unions over the distinct
+    ages, so each look-up is a binary search, not a pass over every item (a record of hundreds of
+    conditions asked this for each of them)."""
+    by_age: dict[int, set[str]] = {}
+    for age, vs in items:
+        by_age.setdefault(age, set()).update(vs)
+    ages = sorted(by_age)
+    prefix, acc = [[]], set()
+    for age in ages:
+        acc |= by_age[age]
+        prefix.append(sorted(acc))
+    return lambda days: list(prefix[bisect.bisect_left(ages, days)])
+
+
 def _procedure_date(r: dict) -> date | None:
     """When a Procedure was done (R4 performed[x], R5 occurrence[x]; a period's start)."""
     return parse_date(r.get("performedDateTime") or _get(r.get("performedPeriod"), "start")
                       or r.get("occurrenceDateTime") or _get(r.get("occurrencePeriod"), "start"))
 
 
-def _categories(r: dict) -> list[str]:
+def _categories(r: dict, every: bool = False) -> list[str]:
+    """The codes of a record's category (a list, or one CodeableConcept as R4 MedicationStatement has it):
+    the first code of each category, or with `every` the code of every coding; tolerant of unvalidated JSON."""
     out = []
     cats = r.get("category")
-    for cc in cats if isinstance(cats, list) else ():
-        code = _coding_code(cc)
-        if code:
-            out.append(code)
+    for cc in cats if isinstance(cats, list) else [cats]:
+        codings = cc.get("coding") if isinstance(cc, dict) else None
+        codes = [str(c["code"]) for c in codings if isinstance(c, dict) and c.get("code")] if isinstance(codings, list) else []
+        out += codes if every else codes[:1]
     return out
 
 
@@ -195,15 +201,6 @@ def condition_window(r: dict, vs, policy: RecordPolicy) -> int | None:
     found = set(vs)
     days = [d for sets, d in policy.condition_windows if sets & found]
     return max(days) if days else None
-
-
-def _site_words(concepts, name=None) -> str:
-    """Body sites as the record words them, for a card ("Left buttock, Right trapezius"): each
-    CodeableConcept by `name` (FactBuilder._site_name: its text, else its site coding's display with its
-    laterality: "Pectoralis major muscle, left"), else its first text; a site sent as a code alone has no
-    words (a rule places it by code)."""
-    words = [name(cc) if name else (_codeable(cc)[1] or [""])[0] for cc in concepts if isinstance(cc, dict)]
-    return ", ".join(dict.fromkeys(w for w in words if w))
 
 
 class FactBuilder:
@@ -401,6 +398,13 @@ class FactBuilder:
         extra = [w.lower() for w in dict.fromkeys(other) if len(w.split()) <= 3 and w.lower() not in name.lower()]
         return ", ".join([name] + extra)
 
+    def _site_words(self, concepts) -> str:
+        """Body sites as the record words them, for a card ("Left buttock, Right trapezius"): each
+        CodeableConcept as _site_name names it (its text, else its site coding's display with its
+        laterality: "Pectoralis major muscle, left", else the code no value set names)."""
+        words = [self._site_name(cc) for cc in concepts if isinstance(cc, dict)]
+        return ", ".join(dict.fromkeys(w for w in words if w))
+
     def _regions(self, codes: list, texts: list[str]) -> list[str]:
         vs, _ = self._member(codes, texts)
         return [v for v in self.policy.region_valuesets if v in vs]
@@ -470,15 +474,16 @@ class FactBuilder:
         negative test) without comparing two facts' dates (a gt/lt join, which durable-rules cannot do).
         Dates are whole days: the same day is not later."""
         conditions = [f for f in self.facts if f["t"] == "condition"]
-        results = [f for f in self.facts if f["t"] == "observation" and f.get("latest_in") and f.get("value_vs")
-                   and isinstance(f.get("age_days"), int)]
+        later_conditions = _newer_than([(o["onset_days"], o["vs"]) for o in conditions if isinstance(o.get("onset_days"), int)])
+        later_results = _newer_than([(f["age_days"], f["value_vs"]) for f in self.facts
+                                     if f["t"] == "observation" and f.get("latest_in") and f.get("value_vs")
+                                     and isinstance(f.get("age_days"), int)])
         for c in conditions:
             days = c.get("onset_days")
             if not isinstance(days, int):
                 continue
-            c["later_vs"] = sorted({v for o in conditions if isinstance(o.get("onset_days"), int)
-                                    and o["onset_days"] < days for v in o["vs"]})
-            c["later_result_vs"] = sorted({v for o in results if o["age_days"] < days for v in o["value_vs"]})
+            c["later_vs"] = later_conditions(days)
+            c["later_result_vs"] = later_results(days)
 
     def _patient(self, r: dict) -> None:
         born = parse_date(r.get("birthDate"))
@@ -545,7 +550,7 @@ class FactBuilder:
             c, t = _codeable(cc)
             body_codes, body_texts = body_codes + c, body_texts + t
         base["site_vs"] = self._member(body_codes, body_texts)[0] if body_codes or body_texts else []
-        if recorded := _site_words(sites, self._site_name):
+        if recorded := self._site_words(sites):
             base["site"] = recorded
         # the region: of the body site, else of what the code says (an ICD-10-CM "cellulitis of back" code, its text)
         site_codes, site_texts = codes + body_codes, texts + body_texts
@@ -793,7 +798,7 @@ class FactBuilder:
         used_vs, _ = self._member(used_codes, used_texts)
         fields = dict(ref=key or "", name=_display(r.get("code"), "procedure"), vs=vs, text_only=text_only,
                       used_vs=used_vs, status=r.get("status", ""))
-        if recorded := _site_words(r.get("bodySite") if isinstance(r.get("bodySite"), list) else (), self._site_name):
+        if recorded := self._site_words(r.get("bodySite") if isinstance(r.get("bodySite"), list) else ()):
             fields["site"] = recorded  # for a card: where it was given
         if when:
             fields["age_days"] = self._age_days(when)
@@ -861,7 +866,7 @@ class FactBuilder:
         fields = dict(ref=ref_key(a) or "", name=f"{name} (administered as a trigger point injection"
                                                  + (f": {why})" if why else ")"), vs=vs,
                       text_only=text_only, used_vs=used_vs, status=a.get("status", ""))
-        if recorded := _site_words([dosage.get("site")], self._site_name):
+        if recorded := self._site_words([dosage.get("site")]):
             fields["site"] = recorded
         if when:
             fields["age_days"] = self._age_days(when)
@@ -942,6 +947,23 @@ class FactBuilder:
                 out.append((f"patientInstruction[{i}]", pi["instructionMarkdown"]))
         return [(where, bounded_text(text)) for where, text in out if text.strip()]
 
+    def _order_text_parts(self, o: dict, ignore: set[str]):
+        """(where, part, vs, text_only, signature) for each product-like part of what an order says in words
+        (_order_texts, clause by clause, split where it separates ingredients), matched by its words without
+        denied ones ("no steroid", "Kenalog not given"): the signature is its value sets less `ignore`, and a
+        part with the signature of an earlier one (the same thing written in orderDetail and in a note) is
+        given once."""
+        seen: set[frozenset] = set()
+        for where, text in self._order_texts(o):
+            for clause in _CLAUSES.split(text):
+                for part in planned.components(clause):
+                    vs, text_only = self._member([], self._affirmed([part]))
+                    sig = frozenset(vs) - ignore
+                    if sig in seen:
+                        continue
+                    seen.add(sig)
+                    yield where, part, vs, text_only, sig
+
     def _text_injectates(self, o: dict, injectates: list[dict], doses: list) -> None:
         """The injectate of a TPI order that has no MedicationRequest of its own (none basedOn it), as the
         order's words name it: its orderDetail, note and patientInstruction, clause by clause without
@@ -961,23 +983,16 @@ class FactBuilder:
         for f in injectates:
             if not f.get("order"):  # an unlinked draft: part of the order set
                 known |= set(f["vs"]) - how
-        seen: set[frozenset] = set()
-        for where, text in self._order_texts(o):
-            for clause in _CLAUSES.split(text):
-                for part in planned.components(clause):
-                    # matched by its words without denied ones ("no steroid", "Kenalog not given"), named as written
-                    vs, text_only = self._member([], self._affirmed([part]))
-                    sig = frozenset(vs) - how
-                    if not sig & kinds or sig in seen or sig <= known:
-                        continue
-                    seen.add(sig)
-                    ref = f"{key} {where}"
-                    product = planned.Product(part, frozenset(vs), (part,))
-                    field_name = where.split("[", 1)[0]
-                    dose = planned.Dose(text=f"written only in the order's {field_name}, not ordered as a medication: its dose was not read")
-                    doses += planned.agent_doses(product, dose, ref, self.term, self.policy)
-                    injectates.append(self._emit("injectate", ref=ref, name=part, vs=vs, text_only=text_only,
-                                                 order=key, dose_text=""))
+        for where, part, vs, text_only, sig in self._order_text_parts(o, how):
+            if not sig & kinds or sig <= known:
+                continue
+            ref = f"{key} {where}"
+            product = planned.Product(part, frozenset(vs), (part,))
+            field_name = where.split("[", 1)[0]
+            dose = planned.Dose(text=f"written only in the order's {field_name}, not ordered as a medication: its dose was not read")
+            doses += planned.agent_doses(product, dose, ref, self.term, self.policy)
+            injectates.append(self._emit("injectate", ref=ref, name=part, vs=vs, text_only=text_only,
+                                         order=key, dose_text=""))
 
     def _order_site(self, o: dict, site: dict, written_in: str = "") -> None:
         """Site facts of one body site of a TPI order, once per body region (`unknown` when none);
@@ -1013,16 +1028,10 @@ class FactBuilder:
             return
         regions = set(self.policy.region_valuesets)
         other = set(self.policy.tpi_order_valuesets) | set(self.policy.injectate_valuesets) | set(self.policy.injectable_valuesets)
-        seen: set[frozenset] = set()
-        for where, text in self._order_texts(o):
-            for clause in _CLAUSES.split(text):
-                for part in planned.components(clause):
-                    vs, _ = self._member([], self._affirmed([part]))
-                    sig = frozenset(vs) - other   # "TPI to bilat rhomboids" is the site "bilateral rhomboids" again
-                    if not sig & regions or sig in seen:
-                        continue
-                    seen.add(sig)
-                    self._order_site(o, {"text": part}, f"the order's {where.split('[', 1)[0]}")
+        # ("TPI to bilat rhomboids" is the site "bilateral rhomboids" again: the TPI words are left out)
+        for where, part, _, _, sig in self._order_text_parts(o, other):
+            if sig & regions:
+                self._order_site(o, {"text": part}, f"the order's {where.split('[', 1)[0]}")
 
     def _unread_sites(self, record: list[dict], drafts: list[dict], read: set[str]) -> list[str]:
         """Injection sites the input gives that were not read as the planned order's (for local-infection,
@@ -1040,7 +1049,7 @@ class FactBuilder:
             if not sites or not (tpi or key in self._unrecognised_orders):
                 continue
             why = f"status {_text(r.get('status')) or 'not given'}" + ("" if tpi else ", not recognised as a trigger point injection")
-            words = _site_words(sites, self._site_name) or "coded"
+            words = self._site_words(sites) or "coded"
             out.append(f"{key} ({why}) has the injection site {words} but was not read as the planned order")
         for r in drafts:
             if r.get("resourceType") != "MedicationRequest":

@@ -69,15 +69,20 @@ def unrecognised_injection_orders(resources, term, policy: RecordPolicy) -> list
     for r in resources:
         if not requests or not isinstance(r, dict) or r.get("resourceType") != "MedicationRequest":
             continue
-        targets = [normalize(b["reference"]) for b in _list(r.get("basedOn"))
-                   if isinstance(b, dict) and isinstance(b.get("reference"), str)]
-        targets = [t for t in targets if t in requests]
+        targets = [t for t in _based_on_refs(r) if t in requests]
         if not targets:
             continue
         if _is_injectate(r, term, policy):
             for t in targets:
                 found.setdefault(t, requests[t])
     return list(found.values())
+
+
+def _based_on_refs(r: dict) -> list[str]:
+    """The `Type/id` of each reference in a request's basedOn (relative or absolute; a `#contained` or
+    `urn:` reference names no resource of the order set by type and id, and stays as written)."""
+    return [normalize(b["reference"]) for b in _list(r.get("basedOn"))
+            if isinstance(b, dict) and isinstance(b.get("reference"), str)]
 
 
 def _is_injectate(r: dict, term, policy: RecordPolicy) -> bool:
@@ -104,8 +109,7 @@ def injectates_of_absent_orders(resources, term, policy: RecordPolicy) -> list[d
     for r in resources:
         if not isinstance(r, dict) or r.get("resourceType") != "MedicationRequest":
             continue
-        targets = [normalize(b["reference"]) for b in _list(r.get("basedOn"))
-                   if isinstance(b, dict) and isinstance(b.get("reference"), str) and not b["reference"].startswith(("#", "urn:"))]
+        targets = _based_on_refs(r)
         if any(t.startswith("ServiceRequest/") and t not in present for t in targets) and _is_injectate(r, term, policy):
             out.append(r)
     return out
@@ -191,10 +195,9 @@ def _ratio_mg_per_ml(strength, policy: RecordPolicy) -> float | None:
     nunits = quantity_units(num, policy)
     if "%" in nunits:
         return float(num["value"]) * PERCENT_MG_PER_ML
-    factor = next((f for f in (_unit_factor(policy.dose_units, u) for u in nunits) if f is not None), None)
+    factor = _first_factor(policy.dose_units, nunits)
     dvalue = den.get("value", 1) if isinstance(den, dict) else None
-    dfactor = (next((f for f in (_unit_factor(policy.volume_units, u) for u in quantity_units(den, policy)) if f is not None), None)
-               if isinstance(den, dict) else None)
+    dfactor = _first_factor(policy.volume_units, quantity_units(den, policy)) if isinstance(den, dict) else None
     if factor is None or dfactor is None or not isinstance(dvalue, (int, float)) or not dvalue:
         return None
     return float(num["value"]) * factor / (float(dvalue) * dfactor)
@@ -219,6 +222,11 @@ def quantity_units(q, policy: RecordPolicy) -> list[str]:
     if isinstance(unit, str) and unit.strip() and unit.strip() not in out:
         out.append(unit.strip())
     return out
+
+
+def _first_factor(table: dict, units: list[str]) -> float | None:
+    """The factor of the first of these units that the table knows."""
+    return next((f for f in (_unit_factor(table, u) for u in units) if f is not None), None)
 
 
 def _unit_factor(table: dict, unit: str) -> float | None:

@@ -112,35 +112,31 @@ def test_an_active_order_that_is_not_a_tpi_and_a_draft_one_keep_their_reading(ev
     assert doc.draft_orders == []
 
 
-def test_an_active_tpi_order_gives_the_same_cards_from_both_front_doors(evaluator):
-    """The plain bundle and the CDS Hooks order-sign request of the same active order agree."""
+def _both_front_doors(evaluator, status):
+    """(plain bundle evaluation, CDS Hooks order-sign evaluation) of a diabetic patient's TPI order in
+    `status` with its Kenalog."""
     from .conftest import NOW
-    record = [_PATIENT, _DIABETES]
-    plain = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("active"), _kenalog()), "b"), now=NOW)
+    plain = evaluator.evaluate_document(read_object(_bundle(_PATIENT, _DIABETES, _tpi_sr(status), _kenalog()), "b"), now=NOW)
     hook = {"hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-            "context": {"userId": "Practitioner/u", "patientId": "p1", "draftOrders": _bundle(_tpi_sr("active"), _kenalog())},
+            "context": {"userId": "Practitioner/u", "patientId": "p1", "draftOrders": _bundle(_tpi_sr(status), _kenalog())},
             "prefetch": {"patient": _PATIENT, "conditions": _bundle(_DIABETES)}}
-    hooked = evaluator.evaluate_document(read_object(hook, "h"), now=NOW)
-    assert "diabetes-steroid" in plain.rule_ids
-    assert sorted(plain.rule_ids) == sorted(hooked.rule_ids)
+    return plain, evaluator.evaluate_document(read_object(hook, "h"), now=NOW)
 
 
-def test_an_on_hold_tpi_order_is_still_the_planned_order_at_both_front_doors(evaluator):
-    """audit-3b o04/o09: a TPI ServiceRequest on hold (awaiting prior authorisation) is still planned
-    (records.yaml ServiceRequest statuses): its Kenalog is the injectate, from a plain bundle and from a
-    CDS Hooks request, and the service gate evaluates it."""
-    from .conftest import NOW
-    record = [_PATIENT, _DIABETES]
-    plain = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("on-hold"), _kenalog()), "b"), now=NOW)
-    hook = {"hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-            "context": {"userId": "Practitioner/u", "patientId": "p1", "draftOrders": _bundle(_tpi_sr("on-hold"), _kenalog())},
-            "prefetch": {"patient": _PATIENT, "conditions": _bundle(_DIABETES)}}
-    hooked = evaluator.evaluate_document(read_object(hook, "h"), now=NOW)
+@pytest.mark.parametrize("status", ["active", "on-hold"])
+def test_a_planned_tpi_order_gives_the_same_cards_from_both_front_doors(evaluator, status):
+    """The plain bundle and the CDS Hooks order-sign request of the same order agree: active, and on hold
+    (audit-3b o04/o09: awaiting prior authorisation, still planned by records.yaml ServiceRequest
+    statuses): its Kenalog is the injectate, and the service gate evaluates it."""
+    plain, hooked = _both_front_doors(evaluator, status)
     assert "diabetes-steroid" in plain.rule_ids
     assert sorted(plain.rule_ids) == sorted(hooked.rule_ids)
-    assert evaluator.is_tpi_order([_tpi_sr("on-hold"), _kenalog()])
-    # a revoked order stays history: not the planned order
-    revoked = evaluator.evaluate_document(read_object(_bundle(*record, _tpi_sr("revoked"), _kenalog()), "b"), now=NOW)
+    assert evaluator.is_tpi_order([_tpi_sr(status), _kenalog()])
+
+
+def test_a_revoked_tpi_order_stays_history(evaluator):
+    from .conftest import NOW
+    revoked = evaluator.evaluate_document(read_object(_bundle(_PATIENT, _DIABETES, _tpi_sr("revoked"), _kenalog()), "b"), now=NOW)
     assert not any(f["t"] == "order" for f in revoked.facts)
 
 
