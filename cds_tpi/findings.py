@@ -29,13 +29,28 @@ def _fids(bindings: dict) -> frozenset:
     return frozenset((name, fact["fid"]) for name, fact in bindings.items())
 
 
-def _distinct(facts: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for f in sorted(facts, key=lambda f: f.get("fid", 0)):
-        if f.get("fid") not in seen:
-            seen.add(f.get("fid"))
-            out.append(f)
-    return out
+def _fid_order(fact: dict):
+    return fact.get("fid", 0)
+
+
+def _add_distinct(into: dict, facts) -> None:
+    """Add facts to `into` ({fid: fact}) whose fid it does not hold yet: the first of each fid is kept."""
+    for f in facts:
+        into.setdefault(f.get("fid"), f)
+
+
+def _in_fid_order(by_fid: dict) -> list[dict]:
+    """The distinct facts in fid order (fact order); a stable sort, so the first seen leads a tie."""
+    return sorted(by_fid.values(), key=_fid_order)
+
+
+def _bound(combos: list[dict]) -> dict[str, list[dict]]:
+    """Pattern name -> the distinct facts it matched over all firings of one alternative, in fact order."""
+    bound: dict[str, dict] = {}
+    for combo in combos:
+        for name, fact in combo.items():
+            bound.setdefault(name, {}).setdefault(fact.get("fid"), fact)
+    return {name: _in_fid_order(facts) for name, facts in bound.items()}
 
 
 def collect(matches: list[Match], rules: list[Rule]) -> list[Finding]:
@@ -55,20 +70,16 @@ def collect(matches: list[Match], rules: list[Rule]) -> list[Finding]:
             by_rule[rule_id][alt] = [c for c in combos if not any(_fids(c) <= p for p in probes)]
     findings = []
     for rule in rules:
-        alts = {k: v for k, v in by_rule.get(rule.id, {}).items() if v}
+        alts = by_rule.get(rule.id)
         if not alts:
             continue
-        merged: dict[str, list[dict]] = {}
+        merged: dict[str, dict] = {}  # pattern name -> {fid: fact}
         fired, notes, indicator = [], [], None
         for alt in rule.alternatives:
             combos = alts.get(alt.index)
             if not combos:
                 continue
-            bound: dict[str, list[dict]] = {}
-            for combo in combos:
-                for name, fact in combo.items():
-                    bound.setdefault(name, []).append(fact)
-            bound = {k: _distinct(v) for k, v in bound.items()}
+            bound = _bound(combos)
             if any(p.min_count is not None and len({f.get("ref") or f["fid"] for f in bound.get(p.name, [])}) < resolve_value(p.min_count, rule)
                    for p in alt.patterns):
                 continue
@@ -77,13 +88,14 @@ def collect(matches: list[Match], rules: list[Rule]) -> list[Finding]:
             if indicator is None or SEVERITY[alt_indicator] > SEVERITY[indicator]:
                 indicator = alt_indicator
             for name, facts in bound.items():
-                merged[name] = _distinct(merged.get(name, []) + facts)
+                _add_distinct(merged.setdefault(name, {}), facts)
             if alt.note:
-                ctx = {p.name: [] for a in rule.alternatives for p in a.patterns}
+                ctx = {name: [] for name in rule.pattern_names}
                 ctx.update(bound, params=rule.params, rule={"id": rule.id, "title": rule.title})
                 note = templates.render(alt.note, ctx)  # MarkdownSafe: its values escaped
                 if note and note not in notes:
                     notes.append(note)
         if fired:
-            findings.append(Finding(rule, indicator, merged, tuple(notes), tuple(fired)))
+            bindings = {name: _in_fid_order(facts) for name, facts in merged.items()}
+            findings.append(Finding(rule, indicator, bindings, tuple(notes), tuple(fired)))
     return findings

@@ -3,11 +3,14 @@ suggestions survive (only draft orders can be removed or annotated), empty value
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
 import uuid
 
 import pytest
 
-from cds_tpi import cards
+from cds_tpi import cards, templates
 from cds_tpi.findings import Finding
 from cds_tpi.ruleset import load_rulebook
 
@@ -162,3 +165,46 @@ def test_an_anesthetic_removal_does_not_delete_a_compounded_request_that_holds_t
     card = cards.card_for(_finding(rules["allergy-anesthetic"], {"allergy": [allergy], "drug": [compounded]}),
                           {"MedicationRequest/mix": draft})
     assert [[a["type"] for a in s["actions"]] for s in card["suggestions"]] == [["update"]]
+
+
+def test_card_ids_are_random_rfc4122_version_4_uuids():
+    for _ in range(200):
+        raw = os.urandom(16)
+        assert cards._uuid4_text(raw) == str(uuid.UUID(bytes=raw, version=4))
+    ids = list(itertools.islice(cards.random_uuids(batch=3), 50))
+    assert len(set(ids)) == 50 and all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+
+
+def test_a_local_policy_that_reads_only_params_is_rendered_once_per_rule_and_says_the_same(rules):
+    rule = rules["diabetes-steroid"]
+    assert rule.card_parts.policy == templates.render(rule.policy, cards._context(_finding(rule, {}), None))
+    card = cards.card_for(_finding(rule, {"steroid": [_fact(ref="MedicationRequest/s", name="triamcinolone")]}), {})
+    assert f"_Local policy:_ {rule.card_parts.policy}\n\n" in card["detail"]
+
+
+def _escaped_the_long_way(value, kind):
+    """Every escaping step applied, as templates.py did before its no-special-character shortcuts."""
+    text = templates._SPACES.sub(" ", templates._INVISIBLE.sub(" ", "" if value is None else str(value)))
+    text = text if len(text) <= templates.VALUE_MAX else text[: templates.VALUE_MAX - 1].rstrip() + "…"
+    if kind == "text":
+        if "\\" in text or "&" in text:
+            text = templates._ESCAPED.sub(r"\1", text).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+        return text
+    text = templates._BAD_SCHEME.sub("(link removed) ", text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = templates._MD_PUNCT.sub(r"\\\1", text)
+    return templates._MD_LINE_START.sub(templates._escape_marker, text, count=1)
+
+
+def test_the_escaping_shortcuts_change_nothing():
+    """markdown_escape and plain_text skip the steps a value has no character for: the same text as
+    every step applied, on random strings of the characters the steps act on."""
+    pieces = list("ab Z09:/.)(#+-=&<>\\`*_~[]|{}\t\n\x00\x7f\u00a0\u200b\u2028\u202e\ufeff") + \
+        ["javascript:", "DATA:text/", "1.", "- ", "# ", "  ", "&amp;", "\\*", "x" * 150]
+    rnd = random.Random(8)
+    for _ in range(5000):
+        s = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert templates.markdown_escape(s) == _escaped_the_long_way(s, "markdown"), s
+        assert templates.plain_text(s) == _escaped_the_long_way(s, "text"), s
+    for value in (None, 30, 7.1, -5, True):
+        assert templates.markdown_escape(value) == _escaped_the_long_way(value, "markdown")

@@ -54,3 +54,15 @@ class Rule:
 
     def param(self, name: str):
         return self.params[name]
+
+    @cached_property
+    def pattern_names(self) -> tuple[str, ...]:
+        """Every pattern name of every alternative, in order, each once: a note or card template sees
+        them all (those that matched nothing as empty lists)."""
+        return tuple(dict.fromkeys(p.name for a in self.alternatives for p in a.patterns))
+
+    @cached_property
+    def card_parts(self):
+        """What every card of this rule says alike (cards.CardParts), worked out on first use."""
+        from ..cards import CardParts  # (the cards stage reads this model: imported here, not above)
+        return CardParts.of(self)
