@@ -9,6 +9,7 @@ import random
 import uuid
 
 import pytest
+from jinja2.exceptions import SecurityError
 
 from cds_tpi import cards, templates
 from cds_tpi.findings import Finding
@@ -208,3 +209,14 @@ def test_the_escaping_shortcuts_change_nothing():
         assert templates.plain_text(s) == _escaped_the_long_way(s, "text"), s
     for value in (None, 30, 7.1, -5, True):
         assert templates.markdown_escape(value) == _escaped_the_long_way(value, "markdown")
+
+
+def test_a_template_reads_jinja_globals_and_the_dict_methods_the_sandbox_allows():
+    """Only the globals a template reads are merged into its context, and `fact.key` of a dict is read
+    before the sandbox is asked: both must leave what a template can do unchanged."""
+    ctx = {"xs": [{"name": "a", "items": "x"}], "params": {"n": 2}}
+    assert templates.render("{% for i in range(params.n) %}{{ i }}{% endfor %}", ctx) == "01"
+    assert templates.render("{% set ns = namespace(k=xs[0].name) %}{{ ns.k }}", ctx) == "a"
+    assert templates.render("{{ xs[0].items()|list|length }} {{ xs[0]['items'] }}", ctx) == "2 x"
+    with pytest.raises(SecurityError):
+        templates.render("{{ xs[0].__class__.__mro__ }}", ctx)
