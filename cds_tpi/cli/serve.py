@@ -79,7 +79,8 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
             raise click.ClickException(f"cannot create the database directory {db_file.parent}: {e.strerror or e}") from e
     # Bind first, here: uvicorn would run the app's start-up (and log "service ready") before it
     # found the port taken. The bound socket is handed to uvicorn and shared by its workers.
-    sock = bind_socket(config.host, config.port)
+    per_worker = config.workers > 1 and hasattr(socket, "SO_REUSEPORT")
+    sock = bind_socket(config.host, config.port, reuse_port=per_worker)
     # Create the schema once here, so that several workers do not race to create it, and refuse to
     # start on a database that cannot be written (read-only file, server down, no permission): the
     # audit trail and clinician feedback would be lost from the first call on. A database that
@@ -113,7 +114,8 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
         if config.workers > 1:
             from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
-            Multiprocess(uv_config, sockets=[sock]).run()
+            listeners = [WorkerListener(sock)] if per_worker else [sock]
+            Multiprocess(uv_config, sockets=listeners).run()
         else:
             server.run(sockets=[sock])
     except KeyboardInterrupt:
@@ -132,11 +134,15 @@ class PortUnavailable(click.ClickException):
     """The address cannot be bound (in use, not local, no permission): exit status 1, one line."""
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready socket bound to host:port (SO_REUSEADDR, as uvicorn does), or PortUnavailable."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening-ready socket bound to host:port (SO_REUSEADDR, as uvicorn does), or PortUnavailable.
+    reuse_port: with SO_REUSEPORT, so that each worker can bind a listening socket of its own to the same
+    address (WorkerListener)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -144,6 +150,46 @@ def bind_socket(host: str, port: int) -> socket.socket:
         why = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         raise PortUnavailable(f"cannot listen on {host}:{port}: {why} (choose another with --port)") from None
     sock.set_inheritable(True)
+    return sock
+
+
+class WorkerListener:
+    """Stands, in uvicorn's worker supervisor, for the listening socket of one worker: each worker process
+    (uvicorn's Multiprocess starts them with multiprocessing's spawn, which pickles their arguments) binds
+    a socket of its own to the serving address with SO_REUSEPORT, and the kernel spreads new connections
+    over the workers' sockets (by a hash of the connection's addresses).
+
+    Why: with one listening socket shared by every worker, a burst of connections - 16 keep-alive
+    clients opening at once, a load balancer's pool after a restart - is often accepted entirely by one
+    worker (asyncio accepts every pending connection at each wake-up) while the other idles: in the
+    2026-12-04 runs of benchmarks/load.py one worker used ~1 s of CPU in 3 of 8 runs, and its queue
+    set the p99. The parent process keeps its own SO_REUSEPORT socket bound (never listening: the
+    kernel gives connections only to listening sockets) so that the port stays this service's while
+    workers are replaced, and a busy port is reported before any worker starts. A replacement worker
+    binds afresh, so no listening socket is ever left without a worker to accept from it.
+
+    The cost: connections the kernel has queued on a worker's socket but the worker has not accepted are
+    reset when that worker dies (with one shared socket the survivor took them), unless the host sets
+    net.ipv4.tcp_migrate_req=1 (Linux 5.14+). Killing a worker under 8 busy clients failed 5-13 requests
+    where it failed at most 8 (tests/service/test_workers.py). Linux's SO_REUSEPORT lets only processes
+    of the same user join the group (socket(7)). Without SO_REUSEPORT (not Linux/BSD) the workers share
+    one socket as before."""
+
+    def __init__(self, bound: socket.socket):
+        self.family = bound.family
+        self.address = bound.getsockname()[:2]  # the port the parent bound (an ephemeral --port 0 too)
+
+    def __reduce__(self):
+        return _listen_in_worker, (self.family, self.address)
+
+
+def _listen_in_worker(family: int, address: tuple) -> socket.socket:
+    """In a worker: a socket of its own, bound with SO_REUSEPORT to the parent's address (see WorkerListener);
+    uvicorn makes it listen."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
     return sock
 
 

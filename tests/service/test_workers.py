@@ -92,6 +92,13 @@ class Serve:
                 pass
         return workers
 
+    def listening(self) -> dict[int, set[str]]:
+        """Per worker pid: the kernel sockets ("socket:[inode]") it listens on at the service port. One
+        socket shared by the workers shows the same inode in each."""
+        return {w.pid: {os.readlink(f"/proc/{w.pid}/fd/{c.fd}") for c in w.net_connections("tcp")
+                        if c.status == psutil.CONN_LISTEN and c.laddr.port == self.port}
+                for w in self.workers()}
+
     def stop(self) -> None:
         stop_process(self.proc)
         self._log.close()
@@ -116,6 +123,29 @@ def test_concurrent_requests_give_the_results_of_the_same_requests_one_by_one(se
     assert len(report.outcomes) == total
     assert report.errors == {}, report.summary()
     assert {o.name for o in report.outcomes} == set(expected)
+
+
+def test_each_worker_listens_on_a_socket_of_its_own_and_new_connections_reach_both(serve2):
+    """SO_REUSEPORT (cli/serve.py WorkerListener): the kernel spreads connections over the workers; with one
+    shared socket a burst of connections was often all taken by one worker."""
+    sockets = list(serve2.listening().values())
+    assert len(sockets) == 2 and all(len(s) == 1 for s in sockets) and sockets[0] != sockets[1], sockets
+    import socket  # noqa: PLC0415
+
+    clients = [socket.create_connection(("127.0.0.1", serve2.port)) for _ in range(32)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # each worker's accepted connections (asyncio accepts them without a request)
+            established = {w.pid: sum(1 for c in w.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED
+                                      and c.laddr.port == serve2.port) for w in serve2.workers()}
+            if sum(established.values()) == 32 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        # 32 connections hashed over 2 sockets: all on one worker has probability 2**-31
+        assert sum(established.values()) == 32 and min(established.values()) > 0, established
+    finally:
+        for c in clients:
+            c.close()
 
 
 class Background:
@@ -175,18 +205,23 @@ def test_a_worker_killed_mid_request_does_not_take_the_service_down(serve2):
     outcomes = list(background.report.outcomes)
     assert serve2.proc.poll() is None, "the parent process died"
     assert len(serve2.workers()) == 2 and not {p.pid for p in original} & {p.pid for p in serve2.workers()}
+    sockets = list(serve2.listening().values())  # each replacement bound a listening socket of its own
+    assert len(sockets) == 2 and all(len(s) == 1 for s in sockets) and sockets[0] != sockets[1], sockets
     log = serve2.log()
     for victim in original:
         assert f"Child process [{victim.pid}] died" in log
     assert "Traceback" not in log
-    # wrong answers: never; failed requests: only around each kill, at most one per client connection
+    # wrong answers: never; failed requests: only around each kill, a bounded number
     assert not [o for o in outcomes if o.error in ("mismatch", "invalid")], background.report.errors
     failed = [o for o in outcomes if o.error]
     assert not [o for o in failed if o.ended < kills[0]], "errors before any kill"
     for i, t_kill in enumerate(kills):
         window_end = kills[i + 1] if i + 1 < len(kills) else t_end + 10
         around = [o for o in failed if t_kill <= o.ended < window_end]
-        assert len(around) <= 8, (i, [o.error for o in around])  # 8 client connections
+        # at most two per client connection (8): the one it had open on the killed worker, and a reconnect the
+        # kernel queued on the killed worker's own listening socket (cli/serve.py WorkerListener) in the instant
+        # before it closed: Linux resets those unless net.ipv4.tcp_migrate_req=1 (measured: 5-13 per kill)
+        assert len(around) <= 16, (i, [o.error for o in around])
         late = [o for o in around if o.started > t_kill + 2.0]
         assert not late, f"requests started > 2 s after kill {i} failed: {[o.error for o in late]}"
     print(f"\nworker kill: {len(outcomes)} requests, {len(failed)} failed ({background.report.errors}), "
