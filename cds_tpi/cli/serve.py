@@ -139,6 +139,19 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
     reuse_port: with SO_REUSEPORT, so that each worker can bind a listening socket of its own to the same
     address (WorkerListener)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuse_port:
+        # First without SO_REUSEPORT: bound by itself, the port is refused when any socket holds it, also
+        # the SO_REUSEPORT sockets of another `cds-tpi serve` of this user, which a SO_REUSEPORT bind would
+        # silently join (two services answering on one port). Then the port is this service's; a service
+        # started in the instant between the two binds is the one case not caught.
+        with _bind(family, host, port, reuse_port=False) as probe:
+            port = probe.getsockname()[1]
+    sock = _bind(family, host, port, reuse_port)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind(family: int, host: str, port: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
@@ -149,7 +162,6 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
         sock.close()
         why = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         raise PortUnavailable(f"cannot listen on {host}:{port}: {why} (choose another with --port)") from None
-    sock.set_inheritable(True)
     return sock
 
 

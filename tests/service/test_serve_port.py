@@ -34,15 +34,18 @@ def test_a_port_in_use_is_one_clear_line_and_exit_1(tmp_path, workers):
     assert "service ready" not in done.stderr and "Traceback" not in done.stderr
 
 
-def test_the_bound_port_serves(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_bound_port_serves(tmp_path, workers):
+    """Also with 2 workers, whose listening sockets are SO_REUSEPORT (cli/serve.py WorkerListener): a second
+    service of the same user must be refused, not join them on the port."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from cds_tpi.cli import main; main()", "serve", "--port", str(port),
-         "--database-url", f"sqlite:///{tmp_path}/serve.sqlite3"],
+         "--database-url", f"sqlite:///{tmp_path}/serve.sqlite3", "--workers", workers],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=proc)
-        second = _serve(tmp_path, port)  # a second server on the same port
+        second = _serve(tmp_path, port, "--workers", workers)  # a second server on the same port
         assert second.returncode == 1 and "already in use" in second.stderr
     finally:
         proc.terminate()
