@@ -419,8 +419,10 @@ class FactBuilder:
         record, drafts = inputs.record, inputs.drafts
         for url, r in inputs.full_urls.items():
             self.index.add(r, url)
+        by_url = {id(r) for r in inputs.full_urls.values()}  # already indexed by their Type/id too
         for r in record + drafts:
-            self.index.add(r)
+            if id(r) not in by_url:
+                self.index.add(r)
         for ref, text in inputs.gaps:
             self._gap(ref, *gap_parts(text))
 
@@ -811,6 +813,9 @@ class FactBuilder:
         administration partOf a Procedure is read with it; so is a TPI administration with no partOf on
         the day of a current TPI Procedure: EHRs record one injection as a Procedure and an unlinked MAR
         entry, and it must count once (its drug still says whether a steroid was given)."""
+        given = [a for a in record if a.get("resourceType") == "MedicationAdministration" and self._current(a)]
+        if not given:
+            return []  # most records have none: their Procedures are not read twice
         tpi_days: dict[date, str] = {}
         for r in record:
             if r.get("resourceType") == "Procedure" and self._current(r):
@@ -819,9 +824,7 @@ class FactBuilder:
                 if when and ref_key(r) and set(self._member(codes, texts)[0]) & set(self.policy.tpi_order_valuesets):
                     tpi_days.setdefault(when, ref_key(r))
         out = []
-        for a in record:
-            if a.get("resourceType") != "MedicationAdministration" or not self._current(a):
-                continue
+        for a in given:
             parent = next((ref_key(t) for t in (self.index.resolve(p, a) for p in a.get("partOf") or [])
                            if isinstance(t, dict) and t.get("resourceType") == "Procedure"), None)
             info = self._tpi_administration(a)
