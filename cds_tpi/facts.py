@@ -47,8 +47,10 @@ _ABATEMENT = ("abatementDateTime", "abatementPeriod", "abatementAge", "abatement
 def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
     """Does this record count, per its resource type's policy in rules/records.yaml? Pure, and tolerant of
     JSON not validated yet (the pipeline asks it before validating observations)."""
-    if p.status is not None and _text(r.get("status")) not in p.status:
-        return False
+    if p.status is not None:
+        status = r.get("status")
+        if not isinstance(status, str) or status not in p.status:
+            return False
     if p.exclude_intent and _text(r.get("intent")) in p.exclude_intent:
         reported = r.get("reportedBoolean") is True or isinstance(r.get("reportedReference"), dict)
         if not ((p.reported_counts and reported) or (p.reported_categories and set(_categories(r, every=True)) & p.reported_categories)):
@@ -62,7 +64,7 @@ def is_current(r: dict, p: ResourcePolicy, today: date) -> bool:
             return False
     if p.exclude_verification and _coding_code(r.get("verificationStatus")) in p.exclude_verification:
         return False
-    if p.exclude_abated:
+    if p.exclude_abated and not r.keys().isdisjoint(_ABATEMENT):
         for key in _ABATEMENT:
             if key in r:
                 if key == "abatementBoolean" and r[key] is False:
@@ -123,8 +125,8 @@ def observation_date(r: dict) -> date | None:
 def _condition_dates(r: dict) -> list[date]:
     """A Condition's dates: onsetDateTime, onsetPeriod start and end, recordedDate."""
     period = r.get("onsetPeriod") if isinstance(r.get("onsetPeriod"), dict) else {}
-    return [d for d in (parse_date(v) for v in (r.get("onsetDateTime"), period.get("start"), period.get("end"),
-                                                 r.get("recordedDate"))) if d is not None]
+    return [d for d in map(parse_date, (r.get("onsetDateTime"), period.get("start"), period.get("end"), r.get("recordedDate")))
+            if d is not None]
 
 
 def _latest(dates: list[date]) -> date | None:
@@ -221,6 +223,9 @@ class FactBuilder:
         self.latest_only = latest_observations_only
         self._pending_observations: list[tuple] = []
         self._cues = compile_cues(policy.text_negation_cues)
+        # value-set lists of the policy that each record is checked against, as sets once per evaluation
+        self._allergy_sets = frozenset(policy.allergy_condition_valuesets)
+        self._route_sets = frozenset(policy.injectable_valuesets) | frozenset(policy.non_injection_valuesets)
         self._unrecognised_orders: set[str] = set()   # draft procedure orders not recognised as a TPI, with an injectate
         self._ingredient_gaps: set[tuple[str, str]] = set()   # (Medication, ingredient reference) already named
 
@@ -509,7 +514,7 @@ class FactBuilder:
         codes, texts, name, _ = self._medication_of(r)
         vs, text_only = self._member(codes, texts)
         # how a drug is given (injectable, non-injection words such as 'Oral Tablet') is no rule's concern
-        ruled = set(vs) - set(self.policy.injectable_valuesets) - set(self.policy.non_injection_valuesets)
+        ruled = not self._route_sets.issuperset(vs)
         if not vs and codes and not texts:
             # a current medication sent only as codes no value set knows, with no name anywhere (a product
             # code the value sets lack): it cannot be told apart from an anticoagulant; say so
@@ -526,15 +531,14 @@ class FactBuilder:
         codes, texts = _codeable(r.get("code"))
         # A negation cue in the text only stops a TEXT match; a coded match always counts.
         vs, text_only = self._member(codes, self._affirmed(texts))
-        if set(vs) & set(self.policy.allergy_condition_valuesets):
-            self._allergy_status(r, codes, texts, self._name(codes, texts, "condition"),
-                                 condition_record(r, _latest(_condition_dates(r))))
         if not vs and "condition" in self.need_vs:
             return
         name = self._name(codes, texts, "condition")
         # Dated by its LATEST date (onset, onset period, recorded date): an encounter diagnosis recorded
         # two days ago with an onset 70 days back is a current problem, not history (records.yaml).
         onset = _latest(_condition_dates(r))
+        if not self._allergy_sets.isdisjoint(vs):
+            self._allergy_status(r, codes, texts, name, condition_record(r, onset))
         age = self._age_days(onset)
         window = condition_window(r, vs, self.policy)
         if window is not None and age is not None and age > window:
@@ -552,11 +556,10 @@ class FactBuilder:
             c, t = _codeable(cc)
             body_codes, body_texts = body_codes + c, body_texts + t
         base["site_vs"] = self._member(body_codes, body_texts)[0] if body_codes or body_texts else []
-        if recorded := self._site_words(sites):
+        if sites and (recorded := self._site_words(sites)):
             base["site"] = recorded
         # the region: of the body site, else of what the code says (an ICD-10-CM "cellulitis of back" code, its text)
-        site_codes, site_texts = codes + body_codes, texts + body_texts
-        regions = self._regions(site_codes, site_texts) or ["unknown"]
+        regions = self._regions(codes + body_codes, texts + body_texts) or ["unknown"]
         for region in regions:
             self._emit("condition", region=region, region_name=self._region_name(region), **base)
 
@@ -800,7 +803,8 @@ class FactBuilder:
         used_vs, _ = self._member(used_codes, used_texts)
         fields = dict(ref=key or "", name=_display(r.get("code"), "procedure"), vs=vs, text_only=text_only,
                       used_vs=used_vs, status=r.get("status", ""))
-        if recorded := self._site_words(r.get("bodySite") if isinstance(r.get("bodySite"), list) else ()):
+        sites = r.get("bodySite")
+        if isinstance(sites, list) and sites and (recorded := self._site_words(sites)):
             fields["site"] = recorded  # for a card: where it was given
         if when:
             fields["age_days"] = self._age_days(when)
