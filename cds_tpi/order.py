@@ -471,9 +471,11 @@ def _site_multiplier(di: dict, line: DoseLine, policy: RecordPolicy) -> tuple[in
     A text amount that times the count is the ordered amount already gives the total (1). A per-site dose
     with no count anywhere: (1, "", True), never read as the whole dose."""
     words = _dosage_words(di)
+    timing = _timing_count(di)
+    if not words and not timing:
+        return 1, "", False  # the usual order: no words, no timing count (and no patterns to look up)
     units = tuple(policy.dose_units) + tuple(policy.volume_units)
     per_word, n_word, x_n, n_x, amount_x, amount = _site_patterns(policy.per_site_words, policy.site_count_words, units)
-    timing = _timing_count(di)
     per_site = bool(words and (per_word.search(words) or n_x.search(words) or amount_x.search(words)))
     counts = []
     if per_site:
@@ -532,7 +534,7 @@ def ordered_dose(request: dict, policy: RecordPolicy) -> Dose:
             read = False
             for unit in units:
                 mass = _unit_factor(policy.dose_units, unit)
-                volume = _unit_factor(policy.volume_units, unit)
+                volume = _unit_factor(policy.volume_units, unit) if mass is None else None
                 if mass is not None:
                     read = True
                     value = round(float(q["value"]) * mass, 3)
