@@ -241,6 +241,11 @@ class FactBuilder:
     def _member(self, codes, texts) -> tuple[list[str], list[str]]:
         return self.term.match(codes, texts).sorted_lists
 
+    def _member_affirmed(self, codes, texts) -> tuple[list[str], list[str]]:
+        """_member of the codes and the affirmed parts of the texts (see _affirmed): a negation cue in a
+        text only stops a TEXT match; a coded match always counts."""
+        return self.term.match_affirmed(codes, texts, self._cues).sorted_lists
+
     def _affirmed(self, texts: list[str]) -> list[str]:
         """Texts without the concepts a negation or history cue denies ("no cellulitis", "sepsis ruled
         out"; not "cellulitis, not improving"): those are not matched by text (terminology.affirmed)."""
@@ -532,8 +537,7 @@ class FactBuilder:
 
     def _condition(self, r: dict) -> None:
         codes, texts = _codeable(r.get("code"))
-        # A negation cue in the text only stops a TEXT match; a coded match always counts.
-        vs, text_only = self._member(codes, self._affirmed(texts))
+        vs, text_only = self._member_affirmed(codes, texts)
         if not vs and "condition" in self.need_vs:
             return
         name = self._name(codes, texts, "condition")
@@ -609,7 +613,7 @@ class FactBuilder:
         """An allergy recorded on the problem list (a Condition in records.yaml allergy_condition_valuesets:
         ICD-10-CM Z88.x 'Allergy status to ...', Z91.040 'Latex allergy status', 'Allergy to lidocaine'):
         an allergy fact as well, so the allergy rules see it; the card names it as the record it is."""
-        vs, text_only = self._member(codes, self._affirmed(texts))
+        vs, text_only = self._member_affirmed(codes, texts)
         if not set(vs) & set(self.policy.allergy_condition_valuesets):
             return
         vs, text_only = self._without_reading_sets(vs, text_only)
@@ -747,7 +751,7 @@ class FactBuilder:
         if raw is None and isinstance(r.get("valueString"), str):
             texts = texts + [r["valueString"]]
         if codes or texts:
-            fields["value_vs"], _ = self._member(codes, self._affirmed(texts))
+            fields["value_vs"], _ = self._member_affirmed(codes, texts)
         if comparator:
             comparator = _COMPARATORS.get(comparator, comparator)
             if comparator not in ("<", "<=", ">", ">="):
@@ -967,7 +971,7 @@ class FactBuilder:
         for where, text in self._order_texts(o):
             for clause in _CLAUSES.split(text):
                 for part in planned.components(clause):
-                    vs, text_only = self._member([], self._affirmed([part]))
+                    vs, text_only = self._member_affirmed([], [part])
                     sig = frozenset(vs) - ignore
                     if sig in seen:
                         continue
