@@ -444,27 +444,18 @@ class FactBuilder:
             counts[COUNTED_AS[rt]] += n
         administered = self._administrations(record)
         own_tpis = {id(a): info for a, info, parent in administered if info is not None and parent is None}
+        readers = {"MedicationRequest": self._medication, "MedicationStatement": self._medication,
+                   "Condition": self._condition, "AllergyIntolerance": self._allergy, "Observation": self._observation}
         for r in record:
             rt = r.get("resourceType")
-            if rt == "Patient":
+            read = readers.get(rt)
+            if read is not None:
+                counts[COUNTED_AS[rt]] += 1
+                if is_current(r, self.policy.for_type(rt), self.today):
+                    read(r)
+            elif rt == "Patient":
                 counts["patient"] += 1
                 self._patient(r)
-            elif rt in ("MedicationRequest", "MedicationStatement"):
-                counts["medications"] += 1
-                if self._current(r):
-                    self._medication(r)
-            elif rt == "Condition":
-                counts["conditions"] += 1
-                if self._current(r):
-                    self._condition(r)
-            elif rt == "AllergyIntolerance":
-                counts["allergies"] += 1
-                if self._current(r):
-                    self._allergy(r)
-            elif rt == "Observation":
-                counts["observations"] += 1
-                if self._current(r):
-                    self._observation(r)
             elif rt == "Procedure":
                 counts["procedures"] += 1
                 if self._current(r):
