@@ -605,7 +605,7 @@ class FactBuilder:
         ICD-10-CM Z88.x 'Allergy status to ...', Z91.040 'Latex allergy status', 'Allergy to lidocaine'):
         an allergy fact as well, so the allergy rules see it; the card names it as the record it is."""
         vs, text_only = self._member_affirmed(codes, texts)
-        if not set(vs) & set(self.policy.allergy_condition_valuesets):
+        if self._allergy_sets.isdisjoint(vs):
             return
         vs, text_only = self._without_reading_sets(vs, text_only)
         if not vs and "allergy" in self.need_vs:
