@@ -18,10 +18,12 @@ from .prefetch_keys import CATEGORIES, category_of_key
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Located:
     """A resource and where it was found in its document. Compared by identity (one place of one
-    document): comparing the whole resources was most of a list-membership test."""
+    document): comparing the whole resources was most of a list-membership test. Not frozen: a frozen
+    dataclass sets each field through object.__setattr__, 0.39 us a record against 0.13 us (measured),
+    a quarter of reading a 100-record request; nothing assigns to one after reading."""
 
     location: str
     resource: dict
