@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 
 from cds_tpi.errors import InputError
 from cds_tpi.fhir.read import read_bytes, read_object
+from cds_tpi.fhir.validate import clear_cache, validate_resource, validate_resources
 from cds_tpi.pipeline import READ_TYPES
 
 from .cdshooks import assert_cds_response
@@ -407,6 +408,21 @@ def test_r4_input_under_r5_gives_valid_cards_or_a_clear_error(evaluator_r5, case
 def test_every_sample_unchanged_gives_its_cards_twice(evaluator, name, obj, now, expected):
     got, _ = check(evaluator, obj, now)
     assert got == ("ok", expected)
+
+
+# -- validating records together is validating each alone ----------------------------------------
+@budget(0.5)
+@given(mutated_sample(), st.sampled_from(["R4", "R5"]))
+def test_records_validated_together_get_the_issues_each_gets_alone(case, version):
+    """validate_resources validates an element its records repeat once and hands fhir.resources the model
+    instance (validate._with_valid_elements); each record's issues must be those fhir.resources gives it
+    alone, element by element (a fhir_core that validated instances again, or differently, shows here)."""
+    _, obj, _ = case
+    records = [get(obj, path) for path in resource_slots(obj)]
+    clear_cache()
+    together = validate_resources(records, version)
+    clear_cache()
+    assert together == [validate_resource(r, version) for r in records]
 
 
 # -- property 3: a finding is never lost because an unrelated resource was malformed ----------------
