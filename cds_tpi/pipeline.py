@@ -257,9 +257,9 @@ class Evaluator:
         _, problems = patient_problems(record + drafts, pid)
         if problems:
             raise InputError(describe(problems), doc.name)
-        draft_ids = {id(loc) for loc in drafts}  # by identity: Located's == compares whole resources
+        inputs.record += [loc.resource for loc in record]
+        inputs.drafts += [loc.resource for loc in drafts]
         for loc in record + drafts:
-            (inputs.drafts if id(loc) in draft_ids else inputs.record).append(loc.resource)
             if loc.full_url:
                 inputs.full_urls.setdefault(loc.full_url, loc.resource)
         builder = self._builder(now, all_facts)
