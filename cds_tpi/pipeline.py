@@ -136,9 +136,10 @@ class Evaluator:
         validated and ranked by its date in those value sets too.
 
         Memoised by the JSON of the code and components: every result of one test carries the same code
-        (63 results, 4 tests in the benchmark request); reading it again was 1.5 us a result, the JSON
-        and a look-up 0.4 us (measured). A code that is no JSON (a lone surrogate from a Python caller) or
-        long (it would stay in memory) is read each time."""
+        (52 results, 4 tests in the benchmark request); reading it again was 1.5 us a result, the JSON
+        and a look-up 0.4 us (measured). A code that cannot be written as JSON (a lone surrogate from a
+        Python caller) or is long (it would stay in memory) is read each time; a Python value JSON does not
+        have (a tuple, NaN) is read as the JSON orjson writes for it (an array, null)."""
         code, components = r.get("code"), r.get("component")
         try:
             key = orjson.dumps((code, components or None))  # (no components, [] or null: read alike)
