@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+from collections import Counter
 from dataclasses import dataclass
 
 import orjson
@@ -67,14 +68,61 @@ class Match:
     bindings: dict
 
 
+def _alike(facts: list[dict]) -> list[list[dict]]:
+    """The facts in groups equal but for their fid (four records of one warfarin prescription), in
+    the order each group first occurs. Equal as durable sees them: the same JSON."""
+    groups: dict[bytes, list[dict]] = {}
+    for f in facts:
+        groups.setdefault(orjson.dumps(dict(f, fid=None), option=orjson.OPT_SORT_KEYS), []).append(f)
+    return list(groups.values())
+
+
+def _pattern_type(pattern: dict) -> str | None:
+    """The fact type a durable pattern requires ({"t": X} alone or in its $and); None: any type."""
+    for term in [pattern] + pattern.get("$and", []):
+        if isinstance(term.get("t"), str):
+            return term["t"]
+    return None
+
+
+def _copies_needed(definitions: dict[str, dict]) -> Counter | None:
+    """Per fact type (None: a type no rule names), how many facts of a group of alike facts durable
+    must see: the most patterns one rule has that such a fact could meet, since durable binds
+    distinct facts to a rule's patterns (a probe of pregnancy-steroid has two observation
+    patterns). None when every fact must be sent: a rule reads fid, or is not a list of patterns."""
+    if b'"fid"' in orjson.dumps(definitions):
+        return None
+    most: Counter = Counter()
+    for definition in definitions.values():
+        if set(definition) != {"all"}:
+            return None
+        counts = Counter(_pattern_type(p) for entry in definition["all"] for p in entry.values())
+        untyped = counts.pop(None, 0)
+        most[None] = max(most[None], untyped)
+        for t, n in counts.items():
+            most[t] = max(most[t], n + untyped)
+    return most
+
+
+def _expand(rule: str, bound: dict[str, int], groups: list[list[dict]]) -> list[Match]:
+    """The firings that one firing on these groups (pattern name -> group index) stands for: every
+    combination of distinct facts, one from each group (a group bound to two patterns gives each a
+    different fact, as durable does)."""
+    combos = itertools.product(*(groups[i] for i in bound.values()))
+    if len(set(bound.values())) < len(bound):
+        combos = (c for c in combos if len({f["fid"] for f in c}) == len(c))
+    return [Match(rule, dict(zip(bound, combo))) for combo in combos]
+
+
 class Engine:
     """A compiled ruleset, ready to evaluate fact lists. Build one per process."""
 
     def __init__(self, definitions: dict[str, dict]):
         self._lock = threading.Lock()
         self._sids = itertools.count(1)
-        self._collected: list[Match] | None = None
+        self._collected: list[tuple[str, dict]] | None = None
         self.rule_names = tuple(definitions)
+        self._copies = _copies_needed(definitions)
         # durable-rules now and then refuses a valid ruleset ("Could not create ruleset, error code:
         # 102", ERR_UNEXPECTED_TYPE of its C rule compiler, rete.c; the cause is in the C code, not
         # found), about 1 in 400 engines in a loop and once in a fresh service process under CI. The
@@ -106,15 +154,46 @@ class Engine:
     def _action(self, name: str):
         def run(c):
             # Called by durable inside assert_facts, i.e. under our lock.
-            bindings = {}
-            for key, fact in c._m.items():
-                bindings[key] = {k: v for k, v in fact.items() if k != "sid"}
-            self._collected.append(Match(name, bindings))
+            self._collected.append((name, {key: fact["fid"] for key, fact in c._m.items()}))
 
         return run
 
     def run(self, facts: list[dict]) -> list[Match]:
-        """Every firing for this set of facts. Facts are not modified."""
+        """Every firing for these facts, binding the facts given (not modified). Each fact has a
+        distinct `fid`, which no rule reads.
+
+        Facts alike (equal but for fid) meet the same patterns, so durable is sent of each group only
+        as many as one rule has patterns of their type (mostly one), and each firing stands for every
+        combination of distinct facts from the groups it bound: the same firings, for less of
+        durable's time, which grows with each fact sent and each firing (a JSON round trip and a
+        Python action). The 100-resource benchmark request (four records each of one warfarin
+        prescription, one diabetes prescription and one diabetes diagnosis): 31 facts sent -> 22,
+        firings 19 -> 7, and
+        Evaluator._match 0.54 -> 0.38 ms, the warm evaluation 2.40 -> 2.12 ms (medians, interleaved).
+        """
+        groups = _alike(facts) if self._copies is not None else [[f] for f in facts]
+        sent, group_of = [], {}
+        for i, group in enumerate(groups):
+            for f in group[:self._sent_of(group[0]["t"])]:
+                sent.append(f)
+                group_of[f["fid"]] = i
+        matches, expanded = [], set()
+        for rule, fids in self._fire(sent):
+            bound = {name: group_of[fid] for name, fid in fids.items()}
+            shape = (rule, frozenset(bound.items()))
+            if shape not in expanded:  # else the same groups through other facts of them
+                expanded.add(shape)
+                matches += _expand(rule, bound, groups)
+        return matches
+
+    def _sent_of(self, fact_type: str) -> int | None:
+        """How many facts of a group of alike facts of this type durable is sent (None: all)."""
+        if self._copies is None:
+            return None
+        return max(1, self._copies.get(fact_type, self._copies[None]))
+
+    def _fire(self, facts: list[dict]) -> list[tuple[str, dict]]:
+        """durable's firings for these facts: (rule name, {pattern name: fid})."""
         with self._lock:
             sid = str(next(self._sids))
             batch = [dict(f, sid=sid) for f in facts]

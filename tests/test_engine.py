@@ -6,7 +6,6 @@ import threading
 
 import pytest
 
-from cds_tpi import engine as engine_mod
 from cds_tpi.engine import Engine
 from cds_tpi.errors import EngineError
 
@@ -52,15 +51,34 @@ def test_state_is_deleted_after_every_evaluation(eng):
     assert _names(eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])) == ["r#0"]
 
 
-def test_exception_inside_an_action_is_raised_not_swallowed(eng, monkeypatch):
-    def boom(*a, **k):
+def test_exception_inside_an_action_is_raised_not_swallowed(monkeypatch):
+    def boom(c):
         raise RuntimeError("action failed on purpose")
 
-    monkeypatch.setattr(engine_mod, "Match", boom)
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "_action", lambda self, name: boom)
+        failing = Engine(DEFS)
     with pytest.raises(EngineError, match="action failed on purpose"):
-        eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])
-    monkeypatch.undo()
-    assert _names(eng.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])) == ["r#0"]  # still works
+        failing.run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])
+    assert _names(Engine(DEFS).run([{"t": "order", "fid": 1}, {"t": "drug", "fid": 2, "vs": ["ac"]}])) == ["r#0"]
+
+
+def test_facts_alike_but_for_fid_fire_every_combination_of_distinct_facts():
+    """durable is sent one fact of a group alike but for fid - two for a rule with two patterns of
+    that type - and each firing is expanded to every combination of distinct facts: the firings
+    are those of every fact sent."""
+    from itertools import permutations
+
+    two = Engine({"two#0": {"all": [{"a": {"t": "m"}}, {"b": {"$and": [{"t": "m"}, {"v": {"a": "v"}}]}}]},
+                  "one#0": {"all": [{"o": {"t": "o"}}, {"a": {"$and": [{"t": "m"}, {"v": 1}]}}]}})
+    facts = [{"t": "m", "fid": i, "v": 1} for i in (1, 2, 3)] + [{"t": "m", "fid": 4, "v": 2}, {"t": "m", "fid": 5, "v": 2}]
+    facts += [{"t": "o", "fid": 6}, {"t": "o", "fid": 7}]
+    got = sorted((m.rule, tuple((k, f["fid"]) for k, f in sorted(m.bindings.items()))) for m in two.run(facts))
+    expected = sorted([("two#0", (("a", a), ("b", b))) for a, b in permutations([1, 2, 3], 2)]
+                      + [("two#0", (("a", a), ("b", b))) for a, b in permutations([4, 5], 2)]
+                      + [("one#0", (("a", a), ("o", o))) for a in (1, 2, 3) for o in (6, 7)])
+    assert got == expected
+    assert all(f is next(g for g in facts if g["fid"] == f["fid"]) for m in two.run(facts) for f in m.bindings.values())
 
 
 def test_bad_definition_is_an_engine_error():

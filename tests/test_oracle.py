@@ -160,7 +160,12 @@ def fact(draw, fid: int):
 @st.composite
 def fact_lists(draw):
     n = draw(st.integers(0, 20))
-    return [draw(fact(fid)) for fid in range(1, n + 1)]
+    facts = [draw(fact(fid)) for fid in range(1, n + 1)]
+    # Copies of some facts, alike but for fid (a record's repeated prescriptions): durable is sent
+    # one of such a group - or as many as a rule has patterns of the type - and each firing expanded.
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=6)) if n else []:
+        facts.insert(draw(st.integers(0, len(facts))), dict(facts[i], fid=len(facts) + 1))
+    return facts
 
 
 def _summary(results) -> dict:
