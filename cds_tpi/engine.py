@@ -36,8 +36,9 @@ _CREATE_ATTEMPTS = 5
 
 
 class _OrjsonForDurable:
-    """durable-rules passes every fact batch, action state and result through the stdlib `json`
-    (its module global `json`): ~17 dumps and loads per evaluation. orjson writes and reads the
+    """durable-rules writes the ruleset with the stdlib `json` (its module global `json`), and
+    Engine._assert writes each fact batch and reads each firing with that same global (so that a
+    test can give durable its stdlib json back: tests/test_oracle.py). orjson writes and reads the
     same JSON (UTF-8, as durable's ensure_ascii=False) several times faster; our facts hold only
     str keys, strings, numbers, booleans and lists. NaN, which orjson writes as null, never occurs
     in a fact (facts.py builds numbers from parsed FHIR decimals)."""
