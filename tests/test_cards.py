@@ -220,3 +220,30 @@ def test_a_template_reads_jinja_globals_and_the_dict_methods_the_sandbox_allows(
     assert templates.render("{{ xs[0].items()|list|length }} {{ xs[0]['items'] }}", ctx) == "2 x"
     with pytest.raises(SecurityError):
         templates.render("{{ xs[0].__class__.__mro__ }}", ctx)
+
+
+def test_loop_properties_are_read_as_before_and_the_rest_of_loop_still_goes_through_the_sandbox():
+    """`loop.last` & co. are read without the sandbox's checks (numbers and booleans of Jinja's own
+    LoopContext); everything else of `loop` is still the sandbox's."""
+    ctx = {"xs": ["a", "b", "c"]}
+    source = ("{% for x in xs %}{{ x }}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}"
+              "{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.depth }}{{ loop.depth0 }}"
+              "{{ loop.cycle('o', 'e') }}{% if not loop.last %}; {% endif %}{% endfor %}")
+    assert templates.render(source, ctx) == (
+        "a1032TrueFalse310o; b2121FalseFalse310e; c3210FalseTrue310o")
+    with pytest.raises(SecurityError):
+        templates.render("{% for x in xs %}{{ loop.__class__.__mro__ }}{% endfor %}", ctx)
+    with pytest.raises(SecurityError):
+        templates.render("{% for x in xs %}{{ loop._iterable }}{% endfor %}", ctx)
+
+
+def test_memoised_escaping_gives_what_escaping_gives():
+    """markdown_escape and plain_text keep their result for a short str: asked again, and for a long
+    value or a value that is no plain str, they give what every step applied gives."""
+    for value in ("a*b", "a*b", "# x", "x" * (templates.VALUE_MAX + 1), "y" * 5000, templates.MarkdownSafe("\\*"), 7, None):
+        for _ in range(2):
+            if not isinstance(value, templates.MarkdownSafe):
+                assert templates.markdown_escape(value) == _escaped_the_long_way(value, "markdown")
+            assert templates.plain_text(value) == _escaped_the_long_way(value, "text")
+    assert templates.markdown_escape(templates.MarkdownSafe("\\*")) == "\\*"
+
