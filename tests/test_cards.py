@@ -110,6 +110,10 @@ def test_cards_are_sorted_most_severe_first_and_stable_within_a_severity(rules):
 def test_empty_values_are_left_out_but_nulls_inside_arrays_kept():
     assert cards._without_empty({"a": "", "b": [], "c": {}, "d": None, "e": {"f": ""}, "g": [None, 1, ""], "h": 0}) == \
         {"g": [None, 1], "h": 0}
+    # a create action's resource: every string a template, rendered, then left out if it is empty
+    spec = {"a": "{{ x }}", "b": ["{{ y }}", None, "z"], "c": {"d": "{{ y }}"}, "e": 1}
+    assert cards._without_empty(spec, lambda s: s.replace("{{ x }}", "X").replace("{{ y }}", "")) == \
+        {"a": "X", "b": [None, "z"], "e": 1}
 
 
 def test_a_missing_data_headline_is_cut_at_the_first_colon_outside_parentheses():
