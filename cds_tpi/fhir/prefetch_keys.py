@@ -45,9 +45,10 @@ KEYS: tuple[KeySpec, ...] = (
 )
 
 
+# prefetch key -> the record list it holds (read for every prefetch key of every request)
+_CATEGORY_OF_KEY = {spec.key: CATEGORIES[spec.resource_type] for spec in KEYS}
+
+
 def category_of_key(key: str) -> str | None:
     """The record list a declared prefetch key holds (medicationRequests -> medications), else None."""
-    for spec in KEYS:
-        if spec.key == key:
-            return CATEGORIES[spec.resource_type]
-    return None
+    return _CATEGORY_OF_KEY.get(key)
