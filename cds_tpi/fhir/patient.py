@@ -55,7 +55,6 @@ def _other_identifier(reference, own: dict[str, set[str]]) -> str | None:
 def patient_problems(located: list[Located], patient_id: str | None) -> tuple[str | None, list[str]]:
     """(the patient id, what does not belong to it). Problems: two Patients in one input, a Patient
     other than `patient_id`, records whose subject/patient is another patient."""
-    index = {loc.full_url: loc.resource for loc in located if loc.full_url}
     patients = {}
     for loc in located:
         r = loc.resource
@@ -72,8 +71,7 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
                      for p, where in patients.items() if p != patient_id]
     seen: set[str] = set()
     own = f"Patient/{patient_id}" if patient_id else None
-    own_ids = next((_identifiers(loc.resource) for loc in located if isinstance(loc.resource, dict)
-                    and loc.resource.get("resourceType") == "Patient" and loc.resource.get("id") == patient_id), {})
+    index = own_ids = None  # read for a reference that is not the patient's own (most inputs have none)
     for loc in located:
         r = loc.resource
         rt = r.get("resourceType") if isinstance(r, dict) else "Patient"
@@ -85,6 +83,10 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
         for value in values:
             if value is None or (own and isinstance(value, dict) and value.get("reference") == own):
                 continue  # the common case, decided without parsing
+            if index is None:
+                index = {loc.full_url: loc.resource for loc in located if loc.full_url}
+                own_ids = next((_identifiers(loc.resource) for loc in located if isinstance(loc.resource, dict) and
+                                loc.resource.get("resourceType") == "Patient" and loc.resource.get("id") == patient_id), {})
             pid = _patient_id(value, index)
             if pid is None:
                 other = _other_identifier(value, own_ids)
