@@ -71,7 +71,9 @@ def patient_problems(located: list[Located], patient_id: str | None) -> tuple[st
                      for p, where in patients.items() if p != patient_id]
     seen: set[str] = set()
     own = f"Patient/{patient_id}" if patient_id else None
-    index = own_ids = None  # read for a reference that is not the patient's own (most inputs have none)
+    # built for a reference that is not the patient's own (most inputs have none; building them for every
+    # input was 3 of the 17.6 us of the benchmark's 52 records, measured)
+    index = own_ids = None
     for loc in located:
         r = loc.resource
         rt = r.get("resourceType") if isinstance(r, dict) else "Patient"
