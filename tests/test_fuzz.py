@@ -514,7 +514,7 @@ def test_regression_unhashable_status_is_skipped_and_named(evaluator, status):
     {"resourceType": "Bundle", "type": "searchset", "entry": [], "link": 7},
 ])
 def test_regression_malformed_prefetch_bundle_does_not_crash(evaluator, bundle):
-    # fhir/read.py (_categories_of_bundle): entry/link/search/resourceType of the wrong JSON type -> TypeError/AttributeError.
+    # fhir/read.py (_Listing, _categories_of_links; was _categories_of_bundle): entry/link/search/resourceType of the wrong JSON type -> TypeError/AttributeError.
     obj, now, expected = sample("latex-allergy-order-sign.json")
     obj["prefetch"]["conditions"] = bundle
     cards = cards_of(evaluator, obj, now)
