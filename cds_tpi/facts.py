@@ -17,9 +17,8 @@ from .fhir.datatypes import codeable as _codeable, coding_code as _coding_code, 
 from .fhir.refs import ResourceIndex, ref_key
 from .fhir.text import bounded_text
 from .ruleset.records import RecordPolicy, ResourcePolicy
-from .terminology import Terminology, canonical_coding, compile_cues
+from .terminology import CLAUSES, Terminology, canonical_coding, compile_cues
 
-_CLAUSES = re.compile(r"[.;\n]+")
 # A result written as text: an optional comparator, a number, an optional unit ("<10", ">8.0", "45 K/uL").
 _NUMBER = re.compile(r"^(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?|\.\d+)\s*(\S.*)?$")
 _COMPARATORS = {"≤": "<=", "≥": ">="}
@@ -257,13 +256,11 @@ class FactBuilder:
         text only stops a TEXT match; a coded match always counts."""
         return self.term.match_affirmed(codes, texts, self._cues).sorted_lists
 
-    def _affirmed(self, texts: list[str]) -> list[str]:
-        """Texts without the concepts a negation or history cue denies ("no cellulitis", "sepsis ruled
-        out"; not "cellulitis, not improving"): those are not matched by text (terminology.affirmed)."""
-        out = []
-        for text in texts:
-            out += self.term.affirmed(text, self._cues)
-        return out
+    def _affirmed_clauses(self, text: str) -> list[str]:
+        """A text's clauses without the concepts a negation or history cue denies ("no cellulitis", "sepsis
+        ruled out"; not "cellulitis, not improving"): those are not matched by text
+        (terminology.affirmed_clauses)."""
+        return self.term.affirmed_clauses(text, self._cues)
 
     def _age_days(self, d: date | None) -> int | None:
         return (self.today - d).days if d else None
@@ -316,7 +313,7 @@ class FactBuilder:
         out = []
         for note in r.get("note") or []:
             if isinstance(note, dict) and isinstance(note.get("text"), str):
-                out += self._affirmed(_CLAUSES.split(note["text"]))
+                out += self._affirmed_clauses(note["text"])
         return out
 
     def _name(self, codes: list, texts: list, fallback: str) -> str:
@@ -471,7 +468,8 @@ class FactBuilder:
             elif rt == "Procedure":
                 counts["procedures"] += 1
                 if self._current(r):
-                    self._procedure(r, [a for a, _, parent in administered if parent is not None and parent == ref_key(r)])
+                    self._procedure(r, [a for a, _, parent in administered if parent is not None and parent == ref_key(r)]
+                                    if administered else [])
             elif rt == "MedicationAdministration" and id(r) in own_tpis:  # a TPI of its own, not read with a Procedure
                 self._administered_tpi(r, own_tpis[id(r)])
                 counts["procedures"] += 1
@@ -595,7 +593,7 @@ class FactBuilder:
             if isinstance(reaction.get("description"), str) and reaction["description"].strip():
                 said.append(bounded_text(reaction["description"].strip()))
         notes = self._note_texts(r)
-        described = self._affirmed([c for d in said for c in _CLAUSES.split(d)]) + notes
+        described = [p for d in said for p in self._affirmed_clauses(d)] + notes
         vs, text_only = self._without_reading_sets(*self._member(codes, texts + described))
         if not vs and "allergy" in self.need_vs:
             return
@@ -807,14 +805,14 @@ class FactBuilder:
         # what was injected, as its own name may say ("TRIGGER POINT INJ W/ KENALOG 40 MG"): its texts, clause
         # by clause, without denied ones ("trigger point injection, no steroid")
         for text in texts:
-            used_texts += self._affirmed(_CLAUSES.split(text))
+            used_texts += self._affirmed_clauses(text)
         key = ref_key(r)
         for a in administrations:  # partOf it, or the same day's TPI administration (see _administrations)
             c, t, _, _ = self._medication_of(a)
             used_codes += c
             used_texts += t
         used_vs, _ = self._member(used_codes, used_texts)
-        fields = {"ref": key or "", "name": _display(r.get("code"), "procedure"), "vs": vs, "text_only": text_only,
+        fields = {"ref": key or "", "name": _display(r.get("code"), "procedure", (codes, texts)), "vs": vs, "text_only": text_only,
                   "used_vs": used_vs, "status": r.get("status", "")}
         sites = r.get("bodySite")
         if isinstance(sites, list) and sites and (recorded := self._site_words(sites)):
@@ -975,7 +973,7 @@ class FactBuilder:
         given once."""
         seen: set[frozenset] = set()
         for where, text in self._order_texts(o):
-            for clause in _CLAUSES.split(text):
+            for clause in CLAUSES.split(text):
                 for part in planned.components(clause):
                     vs, text_only = self._member_affirmed([], [part])
                     sig = frozenset(vs) - ignore

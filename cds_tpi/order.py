@@ -446,6 +446,10 @@ def _site_patterns(per_site_words: tuple[str, ...], count_words: tuple[str, ...]
             re.compile(rf"(?<![\d.]){amount}", re.IGNORECASE))
 
 
+# The keys of a dosageInstruction _site_multiplier reads: its words (_dosage_words) and timing (_timing_count).
+_WORDS_AND_TIMING = ("text", "patientInstruction", "additionalInstruction", "timing")
+
+
 def _dosage_words(di: dict) -> str:
     """What a dosageInstruction says in words: its text, patientInstruction and additionalInstruction texts."""
     words = [di.get("text"), di.get("patientInstruction")]
@@ -470,10 +474,12 @@ def _site_multiplier(di: dict, line: DoseLine, policy: RecordPolicy) -> tuple[in
     per site x 6 sites", "3 mL each to 4 TPs", "5 mL x 6") the count of sites they state; the largest.
     A text amount that times the count is the ordered amount already gives the total (1). A per-site dose
     with no count anywhere: (1, "", True), never read as the whole dose."""
+    if di.keys().isdisjoint(_WORDS_AND_TIMING):
+        return 1, "", False  # the usual order: no words and no timing (0.15 us; reading both first was 1 us)
     words = _dosage_words(di)
     timing = _timing_count(di)
     if not words and not timing:
-        return 1, "", False  # the usual order: no words, no timing count (and no patterns to look up)
+        return 1, "", False  # no words, no timing count (and no patterns to look up)
     units = tuple(policy.dose_units) + tuple(policy.volume_units)
     per_word, n_word, x_n, n_x, amount_x, amount = _site_patterns(policy.per_site_words, policy.site_count_words, units)
     per_site = bool(words and (per_word.search(words) or n_x.search(words) or amount_x.search(words)))

@@ -39,6 +39,9 @@ def _words(text: str) -> list[str]:
 # quantifiers: linear in the (bounded) text.
 _TOKEN = re.compile(r"[a-z0-9]+|[,:;.!?()\n]")
 _SENTENCE_END = frozenset(".;!?\n")
+# Where a record's free text (a note, a procedure's name, an order's words) separates clauses: each is
+# read for negation and matched on its own.
+CLAUSES = re.compile(r"[.;\n]+")
 
 
 MEMO_MAX = 50_000  # entries per memo: bounded by the distinct descriptions and texts one process sees
@@ -212,6 +215,7 @@ class Terminology:
         self.errors: list[str] = []
         self._memo: dict[tuple, Membership] = {}
         self._affirmed_memo: dict[tuple, list[str]] = {}
+        self._clauses_memo: dict[tuple, tuple[str, ...]] = {}
         self.expanded: dict[str, tuple[set[tuple[str, str]], list[str]]] = {}
         for vid in defs:
             self.expanded[vid] = self._expand(vid, ())
@@ -368,6 +372,17 @@ class Terminology:
         hit = self._affirmed_memo.get(key)  # as in match: a hit makes no closure
         if hit is None:
             hit = _memoised(self._affirmed_memo, key, lambda: self._affirmed(text, cues))
+        return list(hit)
+
+    def affirmed_clauses(self, text: str, cues: Cues) -> list[str]:
+        """`affirmed` of each clause of a text (CLAUSES), in order: its parts no negation cue denies.
+        Memoised per (text, cues) as one look-up: splitting and then a look-up per clause took 0.75 us for
+        a Procedure's name (read so on every evaluation), one look-up 0.3 us."""
+        key = (text, cues)
+        hit = self._clauses_memo.get(key)  # as in match: a hit makes no closure
+        if hit is None:
+            hit = _memoised(self._clauses_memo, key,
+                            lambda: tuple(p for clause in CLAUSES.split(text) for p in self.affirmed(clause, cues)))
         return list(hit)
 
     def _affirmed(self, text: str, cues: tuple[tuple[str, ...], ...]) -> list[str]:
