@@ -236,6 +236,7 @@ class FactBuilder:
         # value-set lists of the policy that each record is checked against, as sets once per evaluation
         self._allergy_sets = frozenset(policy.allergy_condition_valuesets)
         self._route_sets = frozenset(policy.injectable_valuesets) | frozenset(policy.non_injection_valuesets)
+        self._region_sets = frozenset(policy.region_valuesets)
         self._unrecognised_orders: set[str] = set()   # draft procedure orders not recognised as a TPI, with an injectate
         self._ingredient_gaps: set[tuple[str, str]] = set()   # (Medication, ingredient reference) already named
 
@@ -428,6 +429,8 @@ class FactBuilder:
 
     def _regions(self, codes: list, texts: list[str]) -> list[str]:
         vs, _ = self._member(codes, texts)
+        if self._region_sets.isdisjoint(vs):
+            return []  # most conditions name no region: 0.07 us, where the scan in policy order took 0.4 us
         return [v for v in self.policy.region_valuesets if v in vs]
 
     # -- per resource type ----------------------------------------------------------------------
@@ -439,12 +442,7 @@ class FactBuilder:
     def build(self, inputs: Inputs) -> list[dict]:
         """All facts for these inputs."""
         record, drafts = inputs.record, inputs.drafts
-        for url, r in inputs.full_urls.items():
-            self.index.add(r, url)
-        by_url = {id(r) for r in inputs.full_urls.values()}  # already indexed by their Type/id too
-        for r in record + drafts:
-            if id(r) not in by_url:
-                self.index.add(r)
+        self.index = ResourceIndex(inputs.full_urls, record + drafts)
         for ref, text in inputs.gaps:
             self._gap(ref, *gap_parts(text))
 

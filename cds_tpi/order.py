@@ -49,7 +49,7 @@ def is_tpi(resource, term, policy: RecordPolicy) -> bool:
     if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
         return False
     codes, texts = codeable(resource.get("code"))
-    return bool(term.match(codes, texts).all & set(policy.tpi_order_valuesets))
+    return not term.match(codes, texts).all.isdisjoint(policy.tpi_order_valuesets)
 
 
 def is_tpi_order(resources, term, policy: RecordPolicy) -> bool:

@@ -37,17 +37,26 @@ _normalize_memo = functools.lru_cache(maxsize=8192)(_normalize)
 class ResourceIndex:
     """Look-up of every resource in an evaluation by fullUrl and by Type/id."""
 
-    def __init__(self) -> None:
+    def __init__(self, full_urls: dict[str, dict] | None = None, resources: list[dict] = ()) -> None:
+        """Index Bundle entries (fullUrl -> resource) by their fullUrl, the Type/id it names and their own
+        Type/id, then the other resources by their Type/id; the first one indexed under a key keeps it.
+        (One loop, not a method call per resource: ~10 % of indexing ~50 resources, ~3 us.)"""
         self._by_key: dict[str, dict] = {}
-
-    def add(self, resource: dict, full_url: str | None = None) -> None:
-        key = ref_key(resource)
-        if key:
-            self._by_key.setdefault(key, resource)
-        if full_url:
-            self._by_key.setdefault(full_url, resource)
-            if not full_url.startswith("urn:"):
-                self._by_key.setdefault(normalize(full_url), resource)
+        setdefault = self._by_key.setdefault
+        for url, r in (full_urls or {}).items():
+            key = ref_key(r)
+            if key:
+                setdefault(key, r)
+            if url:
+                setdefault(url, r)
+                if not url.startswith("urn:"):
+                    setdefault(normalize(url), r)
+        named = {id(r) for r in (full_urls or {}).values()}  # (this call's: already indexed by Type/id)
+        for r in resources:
+            if id(r) not in named:
+                key = ref_key(r)
+                if key:
+                    setdefault(key, r)
 
     def resolve(self, reference: object, container: dict | None = None) -> dict | None:
         """The referenced resource, or None when it is not in this evaluation."""
