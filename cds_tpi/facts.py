@@ -335,10 +335,10 @@ class FactBuilder:
         if isinstance(r.get("medication"), dict):  # R5 CodeableReference
             cc = r["medication"].get("concept")
             mref = r["medication"].get("reference")
-        own_texts: list[str] = []
+        own_name = None  # the record's own words: its concept's text, else its first display; else its Medication's
         if cc:
             codes, texts = _codeable(cc)
-            own_texts = ([str(cc["text"])] if isinstance(cc, dict) and cc.get("text") else []) + texts
+            own_name = str(cc["text"]) if isinstance(cc, dict) and cc.get("text") else next(iter(texts), None)
         ingredient_texts: list[str] = []
         ref_display = mref.get("display") if isinstance(mref, dict) and isinstance(mref.get("display"), str) else None
         if mref:
@@ -347,9 +347,9 @@ class FactBuilder:
                 c2, t2 = _codeable(med.get("code"))
                 codes += c2
                 texts += t2
-                if isinstance(med.get("code"), dict) and med["code"].get("text"):
-                    own_texts.append(str(med["code"]["text"]))
-                own_texts += t2
+                if own_name is None:
+                    code = med.get("code")
+                    own_name = str(code["text"]) if isinstance(code, dict) and code.get("text") else next(iter(t2), None)
                 for c3, t3, _ in self._ingredients(med):
                     codes += c3
                     texts += t3
@@ -365,8 +365,8 @@ class FactBuilder:
                              "what it is (anesthetic, steroid, epinephrine, strengths) is not known"))
         # the record's own words first, then the value sets' name for its codes, the reference's display,
         # the ingredients; a raw (local) code last
-        if own_texts:
-            name = own_texts[0]
+        if own_name is not None:
+            name = own_name
         else:
             name = (next(iter(self._vs_names(codes)), None)
                     or ref_display or (" / ".join(dict.fromkeys(ingredient_texts)) if ingredient_texts else None)
@@ -451,14 +451,17 @@ class FactBuilder:
             counts[COUNTED_AS[rt]] += n
         administered = self._administrations(record)
         own_tpis = {id(a): info for a, info, parent in administered if info is not None and parent is None}
-        readers = {"MedicationRequest": self._medication, "MedicationStatement": self._medication,
-                   "Condition": self._condition, "AllergyIntolerance": self._allergy, "Observation": self._observation}
+        # the plain record types: (reader, inventory count, currency policy), one look-up per record
+        readers = {rt: (read, COUNTED_AS[rt], self.policy.for_type(rt)) for rt, read in (
+            ("MedicationRequest", self._medication), ("MedicationStatement", self._medication),
+            ("Condition", self._condition), ("AllergyIntolerance", self._allergy), ("Observation", self._observation))}
         for r in record:
             rt = r.get("resourceType")
-            read = readers.get(rt)
-            if read is not None:
-                counts[COUNTED_AS[rt]] += 1
-                if is_current(r, self.policy.for_type(rt), self.today):
+            plain = readers.get(rt)
+            if plain is not None:
+                read, counted, policy = plain
+                counts[counted] += 1
+                if is_current(r, policy, self.today):
                     read(r)
             elif rt == "Patient":
                 counts["patient"] += 1
