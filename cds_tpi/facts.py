@@ -490,17 +490,16 @@ class FactBuilder:
         (later_result_vs), so a rule can say what followed a diagnosis (a delivery after a pregnancy, a newer
         negative test) without comparing two facts' dates (a gt/lt join, which durable-rules cannot do).
         Dates are whole days: the same day is not later."""
-        conditions = [f for f in self.facts if f["t"] == "condition"]
-        later_conditions = _newer_than([(o["onset_days"], o["vs"]) for o in conditions if isinstance(o.get("onset_days"), int)])
+        dated = [f for f in self.facts if f["t"] == "condition" and isinstance(f.get("onset_days"), int)]
+        if not dated:
+            return
+        later_conditions = _newer_than([(c["onset_days"], c["vs"]) for c in dated])
         later_results = _newer_than([(f["age_days"], f["value_vs"]) for f in self.facts
                                      if f["t"] == "observation" and f.get("latest_in") and f.get("value_vs")
                                      and isinstance(f.get("age_days"), int)])
-        for c in conditions:
-            days = c.get("onset_days")
-            if not isinstance(days, int):
-                continue
-            c["later_vs"] = later_conditions(days)
-            c["later_result_vs"] = later_results(days)
+        for c in dated:
+            c["later_vs"] = later_conditions(c["onset_days"])
+            c["later_result_vs"] = later_results(c["onset_days"])
 
     def _patient(self, r: dict) -> None:
         born = parse_date(r.get("birthDate"))
@@ -649,7 +648,8 @@ class FactBuilder:
                 parts.append((c, ccodes, ctexts, sorted(cfound), sorted(cby_text), when, age, (r, i, codes, texts)))
         # a local panel named by its words ("PT/INR") whose component is that result: the component is read,
         # not the panel (which has no value of its own)
-        found -= by_text & {v for p in parts for v in p[3]}
+        if parts:
+            found -= by_text & {v for p in parts for v in p[3]}
         if found:
             self._pending_observations.append((r, codes, texts, sorted(found), sorted(by_text & found), when, age, None))
         self._pending_observations += parts
@@ -1023,9 +1023,9 @@ class FactBuilder:
         name = self._site_name(site) or self._name(c, t, "site")
         if written_in:
             name = f"{name} (written in {written_in})"
+        key = ref_key(o) or ""
         for region in regions:
-            self._emit("site", {"ref": ref_key(o) or "", "order": ref_key(o) or "", "name": name,
-                                "vs": svs, "text_only": s_text_only, "region": region})
+            self._emit("site", {"ref": key, "order": key, "name": name, "vs": svs, "text_only": s_text_only, "region": region})
 
     def _fallback_sites(self, o: dict, drafts: list[dict]) -> None:
         """The injection site of a TPI order that has no bodySite, where else the order set writes it
@@ -1097,8 +1097,8 @@ class FactBuilder:
                 self._fallback_sites(o, drafts)
         injectates, doses = [], []
         # draft procedure orders that are not recognised as a TPI: said when an injectate is ordered with one
-        other_orders = {ref_key(r): r for r in drafts
-                        if r.get("resourceType") == "ServiceRequest" and ref_key(r) and ref_key(r) not in order_keys}
+        other_orders = {key: r for r in drafts
+                        if r.get("resourceType") == "ServiceRequest" and (key := ref_key(r)) and key not in order_keys}
         unrecognised: dict[str, list[str]] = {}
         for r in drafts:
             if r.get("resourceType") != "MedicationRequest":
