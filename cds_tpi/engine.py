@@ -20,6 +20,7 @@ import itertools
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import orjson
 from durable import engine as _durable
@@ -73,12 +74,22 @@ class Match:
     bindings: dict
 
 
-def _alike(facts: list[dict]) -> list[list[dict]]:
-    """The facts in groups equal but for their fid (four records of one warfarin prescription), in
-    the order each group first occurs. Equal as durable sees them: the same JSON."""
-    groups: dict[bytes, list[dict]] = {}
-    for f in facts:
-        groups.setdefault(orjson.dumps(dict(f, fid=None), option=orjson.OPT_SORT_KEYS), []).append(f)
+def _as_is(fact: dict) -> dict:
+    """The default view: the whole fact but its fid (which the engine adds to each fact it sends)."""
+    return {k: v for k, v in fact.items() if k != "fid"}
+
+
+def _alike(shown: list[tuple[dict, dict]]) -> list[tuple[dict, list[dict]]]:
+    """(view, fact) pairs in groups of the same view (four records of one warfarin prescription), each
+    as (that view, its facts), in the order each group first occurs. The same view: the same JSON,
+    keys in the same order (a view with its keys in another order only makes a group of its own)."""
+    groups: dict[bytes, tuple[dict, list[dict]]] = {}
+    for view, f in shown:
+        key = orjson.dumps(view)
+        if key in groups:
+            groups[key][1].append(f)
+        else:
+            groups[key] = (view, [f])
     return list(groups.values())
 
 
@@ -122,11 +133,14 @@ def _expand(rule: str, bound: dict[str, int], groups: list[list[dict]]) -> list[
 class Engine:
     """A compiled ruleset, ready to evaluate fact lists. Build one per process."""
 
-    def __init__(self, definitions: dict[str, dict]):
+    def __init__(self, definitions: dict[str, dict], view: Callable[[dict], dict | None] = _as_is):
+        """view: what durable is sent of a fact, without its fid (a new dict; None: nothing, no rule
+        could match it), e.g. ruleset.compile.engine_view; by default the whole fact."""
         self._lock = threading.Lock()
         self._sids = itertools.count(1)
         self.rule_names = tuple(definitions)
         self._copies = _copies_needed(definitions)
+        self._view = view
         # durable-rules now and then refuses a valid ruleset ("Could not create ruleset, error code:
         # 102", ERR_UNEXPECTED_TYPE of its C rule compiler, rete.c; the cause is in the C code, not
         # found), about 1 in 400 engines in a loop and once in a fresh service process under CI. The
@@ -157,28 +171,31 @@ class Engine:
         """Every firing for these facts, binding the facts given (not modified). Each fact has a
         distinct `fid`, which no rule reads.
 
-        Facts alike (equal but for fid) meet the same patterns, so durable is sent of each group only
-        as many as one rule has patterns of their type (mostly one), and each firing stands for every
-        combination of distinct facts from the groups it bound: the same firings, for less of
-        durable's time, which grows with each fact sent and each firing (a JSON round trip and a
-        Python action). The 100-resource benchmark request (four records each of one warfarin
-        prescription, one diabetes prescription and one diabetes diagnosis): 31 facts sent -> 22,
-        firings 19 -> 7, and Evaluator._match 0.54 -> 0.38 ms, the warm evaluation 2.40 -> 2.12 ms
-        (medians, interleaved).
+        Facts alike (the same view: equal but for fid and what no rule reads) meet the same patterns,
+        so durable is sent of each group only as many as one rule has patterns of their type (mostly
+        one), and each firing stands for every combination of distinct facts from the groups it bound:
+        the same firings, for less of durable's time, which grows with each fact sent and each firing
+        (a JSON round trip and a Python action). The 100-resource benchmark request (four records each
+        of one warfarin prescription, one diabetes prescription and one diabetes diagnosis): 31 facts
+        sent -> 22, firings 19 -> 7, and Evaluator._match 0.54 -> 0.38 ms, the warm evaluation
+        2.40 -> 2.12 ms (medians, interleaved).
         """
-        groups = _alike(facts) if self._copies is not None else [[f] for f in facts]
+        shown = [(v, f) for f in facts if (v := self._view(f)) is not None]
+        groups = _alike(shown) if self._copies is not None else [(v, [f]) for v, f in shown]
+        sid = str(next(self._sids))  # (a count's next() is atomic: no two runs share a session)
         sent, group_of = [], {}
-        for i, group in enumerate(groups):
-            for f in group[:self._sent_of(group[0]["t"])]:
-                sent.append(f)
+        for i, (view, group) in enumerate(groups):
+            for f in group[:self._sent_of(view["t"])]:
+                sent.append(dict(view, fid=f["fid"], sid=sid))
                 group_of[f["fid"]] = i
+        members = [group for _, group in groups]
         matches, expanded = [], set()
-        for rule, fids in self._fire(sent):
+        for rule, fids in self._fire(sid, sent):
             bound = {name: group_of[fid] for name, fid in fids.items()}
             shape = (rule, frozenset(bound.items()))
             if shape not in expanded:  # else the same groups through other facts of them
                 expanded.add(shape)
-                matches += _expand(rule, bound, groups)
+                matches += _expand(rule, bound, members)
         return matches
 
     def _sent_of(self, fact_type: str) -> int | None:
@@ -187,12 +204,11 @@ class Engine:
             return None
         return max(1, self._copies.get(fact_type, self._copies[None]))
 
-    def _fire(self, facts: list[dict]) -> list[tuple[str, dict]]:
-        """durable's firings for these facts: (rule name, {pattern name: fid})."""
+    def _fire(self, sid: str, batch: list[dict]) -> list[tuple[str, dict]]:
+        """durable's firings for these facts of session sid (each holds it): (rule name, {pattern
+        name: fid})."""
         with self._lock:
-            sid = str(next(self._sids))
-            batch = [dict(f, sid=sid) for f in facts]
-            batch.append({"t": _SESSION, "sid": sid})
+            batch = batch + [{"t": _SESSION, "sid": sid}]
             try:
                 firings = self._assert(batch)
             except Exception as e:

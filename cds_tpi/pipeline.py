@@ -27,7 +27,7 @@ from .fhir.patient import describe, patient_problems
 from .errors import InputError
 from .ruleset import RuleBook, load_rulebook
 from .engine import Match
-from .ruleset.compile import compile_rules, prefilter, referenced_fields
+from .ruleset.compile import compile_rules, engine_view, prefilter
 from .terminology import _memoised
 
 # Resource types the facts stage reads; anything else in a record is ignored (not validated).
@@ -89,15 +89,14 @@ class Evaluator:
             raise ValueError(f"unknown FHIR version {fhir_version!r} (use R4 or R5)")
         self.book = book
         self.fhir_version = fhir_version
-        self.engine = Engine(compile_rules(book.rules, book.terminology))
-        self._could_match = prefilter(book.rules)
+        self.engine = Engine(compile_rules(book.rules, book.terminology), engine_view(book.rules, book.terminology))
+        shared = prefilter(book.rules).shared  # per fact type, the constraints all its patterns share
         # When every observation pattern asks for the newest result of a value set, the facts stage
         # need not build facts for older results (they could never match).
-        self._latest_only = self._could_match.shared.get("observation", {}).get("latest_in") == "non-empty"
+        self._latest_only = shared.get("observation", {}).get("latest_in") == "non-empty"
         # Likewise, records of a type every pattern of which needs a value set are not built into facts
         # when no value set knows them (a hypertension problem, an ACE inhibitor): counted, not built.
-        self._need_vs = frozenset(t for t, need in self._could_match.shared.items() if need.get("vs") == "non-empty")
-        self._fields = referenced_fields(book.rules)
+        self._need_vs = frozenset(t for t, need in shared.items() if need.get("vs") == "non-empty")
         self._lab_sets_memo: dict[bytes, frozenset] = {}  # JSON of an Observation's code -> its value sets
 
     @classmethod
@@ -288,13 +287,9 @@ class Evaluator:
         return Evaluation({"cards": cards}, findings, facts, skipped, time.perf_counter() - started)
 
     def _match(self, facts: list[dict]) -> list[Match]:
-        """Run the engine on the facts some rule could match, carrying only the fields rules read
-        (durable-rules serialises every fact to JSON); bindings come back as the full facts."""
-        by_fid = {f["fid"]: f for f in facts}
-        fields = self._fields
-        slim = [{k: v for k, v in f.items() if k in fields} for f in facts if self._could_match(f)]
-        return [Match(m.rule, {name: by_fid[fact["fid"]] for name, fact in m.bindings.items()})
-                for m in self.engine.run(slim)]
+        """The engine's firings on these facts: it is sent of each only what rules read, and nothing of
+        those no rule could match (compile.engine_view); bindings are the facts given."""
+        return self.engine.run(facts)
 
     def evaluate_request(self, request: dict, *, gaps=(), checked=(), now: datetime | None = None) -> Evaluation:
         """Evaluate a CDS Hooks request whose prefetch holds the data (missing keys already fetched).

@@ -142,6 +142,24 @@ def test_fields(where, fields):
     assert set().union(*(c.fields() for c in parse_where(where))) == fields
 
 
+def test_reads_say_which_list_values_a_condition_tests():
+    """Membership tests (any/all/none) read only the ids they name; every other operator, and any
+    field inside an `or` that another branch reads otherwise, reads the whole value."""
+    def reads(where):
+        return one(where).reads(T)
+
+    assert reads({"vs": {"any": ["anticoagulants", "lidocaine"]}}) == {"vs": frozenset({"vs-ac", "vs-lido"})}
+    assert reads({"vs": {"none": ["lidocaine"]}}) == {"vs": frozenset({"vs-lido"})}
+    assert reads({"vs": {"exists": True}}) == {"vs": None}
+    assert reads({"status": {"in": ["a", "b"]}}) == {"status": None}
+    assert reads({"or": [{"vs": {"any": ["lidocaine"]}}, {"vs": {"all": ["anticoagulants"]}, "region": "unknown"}]}) == {
+        "vs": frozenset({"vs-ac", "vs-lido"}), "region": None}
+    assert reads({"or": [{"vs": {"any": ["lidocaine"]}}, {"vs": {"exists": False}}]}) == {"vs": None}
+    cond = one({"dose_mg": {"gt": {"mul": [{"ref": "w.value"}, 2]}}})
+    assert cond.reads(T) == {"dose_mg": None} and cond.refs() == {("w", "value")}
+    assert one({"or": [{"region": {"ref": "s.region"}}, {"status": "a"}]}).refs() == {("s", "region")}
+
+
 def test_shared_constraints_for_the_prefilter():
     assert one({"vs": {"any": ["lidocaine"]}}).shared() == ("vs", "non-empty")
     assert one({"status": "active"}).shared() == ("status", "active")

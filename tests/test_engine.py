@@ -85,6 +85,34 @@ def test_facts_alike_but_for_fid_fire_every_combination_of_distinct_facts():
     assert all(f is next(g for g in facts if g["fid"] == f["fid"]) for m in two.run(facts) for f in m.bindings.values())
 
 
+def test_the_engine_is_sent_what_rules_read_and_binds_the_facts_given():
+    """engine_view: fields no pattern of the type reads are left out, list values no rule names too
+    (so facts differing only in them are sent once), a field another pattern refers to stays, and a
+    fact no pattern could match is not sent; the bindings are the facts given."""
+    from cds_tpi.ruleset.compile import compile_rules, engine_view
+    from cds_tpi.ruleset.model import Alternative, Pattern, Rule
+
+    class Terms:
+        def resolve(self, name):
+            return name
+
+    rules = [Rule("ac", "ac", "info", (Alternative(0, (Pattern("d", "medication", {"vs": {"any": ["ac"]}}),
+                                                       Pattern("c", "condition", {"status": {"ref": "d.status"}}))),),
+                  {}, (), {})]
+    view = engine_view(rules, Terms())
+    warfarin = {"t": "medication", "fid": 1, "ref": "M/1", "vs": ["2.16.840.1", "ac", "other"], "text_only": ["ac"],
+                "status": "active"}
+    assert view(warfarin) == {"t": "medication", "vs": ["ac"], "status": "active"}
+    assert view({"t": "medication", "fid": 2, "vs": ["other"]}) is None  # no value set a rule names
+    assert view({"t": "order", "fid": 3}) is None                         # no pattern of its type
+    facts = [warfarin, dict(warfarin, fid=2, ref="M/2", vs=["ac"]), dict(warfarin, fid=3, status="stopped"),
+             {"t": "condition", "fid": 4, "status": "active", "vs": ["x"]}]
+    engine = Engine(compile_rules(rules, Terms()), view)
+    matches = engine.run(facts)
+    assert sorted((m.bindings["d"]["fid"], m.bindings["c"]["fid"]) for m in matches) == [(1, 4), (2, 4)]
+    assert all(any(f is g for g in facts) for m in matches for f in m.bindings.values())
+
+
 def test_bad_definition_is_an_engine_error():
     with pytest.raises(EngineError):
         Engine({"bad#0": {"all": [{"m": {"$nosuchop": {"t": 1}}}]}})

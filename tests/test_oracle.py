@@ -36,7 +36,7 @@ from cds_tpi.errors import InputError
 from cds_tpi.fhir.read import Document, read_bytes
 from cds_tpi.findings import collect
 from cds_tpi.ruleset import load_rulebook
-from cds_tpi.ruleset.compile import compile_rules
+from cds_tpi.ruleset.compile import compile_rules, engine_view
 from cds_tpi.ruleset.conditions import Comparison, Env, In, Or, _ListOp
 from cds_tpi.ruleset.facttypes import FACT_FIELDS
 from cds_tpi.ruleset.match import evaluate_rules
@@ -82,7 +82,9 @@ RULES_UNDER_TEST = [replace(r, alternatives=tuple(replace(a, note=None) for a in
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(compile_rules(RULES_UNDER_TEST, BOOK.terminology))
+    """The engine as the pipeline builds it: sent of each fact only what the rules read (list values
+    no rule names, such as the generator's "something-else", left out: engine_view)."""
+    return Engine(compile_rules(RULES_UNDER_TEST, BOOK.terminology), engine_view(RULES_UNDER_TEST, BOOK.terminology))
 
 
 def _pools() -> dict[str, list]:

