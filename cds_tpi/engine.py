@@ -234,7 +234,9 @@ class Engine:
             name, bound = next(iter(_durable.json.loads(message).items()))  # one rule a message
             if name != _SESSION:
                 firings.append((name, {key: fact["fid"] for key, fact in bound.items()}))
-            rete.update_state(self._rules, action[0])  # as durable does; the state is unchanged
+            # durable's Host writes the session state back here (update_state: the state fact
+            # retracted and asserted again, ~1 us a firing); our actions never change it, no rule
+            # reads it, and complete_and_start_action does not need it (rules events.c).
             message = rete.complete_and_start_action(self._rules, session)
         return firings
 
