@@ -179,10 +179,11 @@ class Engine:
         so durable is sent of each group only as many as one rule has patterns of their type (mostly
         one), and each firing stands for every combination of distinct facts from the groups it bound:
         the same firings, for less of durable's time, which grows with each fact sent and each firing
-        (a JSON round trip and a Python action). The 100-resource benchmark request (four records each
-        of one warfarin prescription, one diabetes prescription and one diabetes diagnosis): 31 facts
-        sent -> 22, firings 19 -> 7, and Evaluator._match 0.54 -> 0.38 ms, the warm evaluation
-        2.40 -> 2.12 ms (medians, interleaved).
+        (a JSON round trip). The 100-resource benchmark request (four records each of one warfarin
+        prescription, one diabetes prescription and one diabetes diagnosis): 31 facts sent -> 22,
+        firings 19 -> 7, and Evaluator._match 0.54 -> 0.38 ms, the warm evaluation 2.40 -> 2.12 ms
+        (medians, interleaved). Sent as views (engine_view) and grouped by them, bound to the facts
+        given with no copies mapped back: _match 0.38 -> 0.30 ms.
         """
         shown = [(v, f) for f in facts if (v := self._view(f)) is not None]
         groups = _alike(shown) if self._grouped else [(v, [f]) for v, f in shown]
