@@ -155,10 +155,9 @@ def fact(draw, fid: int):
         out["ref"] = f"{t.title()}/r{draw(st.integers(0, 4))}"
     for field in sorted(FACT_FIELDS[t] & READ - {"t", "fid", "ref"}):
         if field in REQUIRED or draw(st.integers(0, 3)):
-            value = draw(_field_value(field))
-            # durable's equality join does not match 1 with 1.0, Python's == does (see
-            # test_known_engine_difference_in_joins): a joined field holds one spelling of a number.
-            out[field] = int(value) if field in REQUIRED and isinstance(value, float) and value.is_integer() else value
+            # (a joined number may be spelled 1 or 1.0: durable's join tells them apart, Python's == does
+            # not; engine_view sends one spelling - test_known_engine_difference_in_joins)
+            out[field] = draw(_field_value(field))
     return out
 
 
@@ -277,8 +276,8 @@ def test_python_evaluation_agrees_on_generated_records(evaluator, doc):
 def test_known_engine_difference_in_joins():
     """What the oracle found: durable's equality join (`ref`) does not match an integer with the
     equal float (0 and 0.0, 1 and 1.0), which Python's == does; a literal (`eq: 0`) matches both.
-    The bundled rules join only on strings (local-infection, region), and the generator writes a
-    joined number in one spelling. When this fails, durable changed: drop that restriction."""
+    The engine is therefore sent an integral float as the integer (compile.engine_view), and the
+    oracle's facts spell joined numbers both ways. When this fails, durable changed."""
     e = Engine({"j#0": {"all": [{"p": {"t": "a"}}, {"q": {"$and": [{"t": "b"}, {"v": {"p": "v"}}]}}]},
                 "lit#0": {"all": [{"x": {"$and": [{"t": "c"}, {"v": 0}]}}]}})
     assert [m.rule for m in e.run([{"t": "a", "fid": 1, "v": 0}, {"t": "b", "fid": 2, "v": 0.0}])] == []
