@@ -12,6 +12,13 @@ from cds_tpi.cli import cli
 from .conftest import RULES
 
 
+def _edit(path, old: str, new: str) -> None:
+    """Replace the first `old` in a rules file of the copy with `new` (`old` must be there: test setup)."""
+    text = path.read_text()
+    assert old in text, f"test setup: '{old}' not in {path.name}"
+    path.write_text(text.replace(old, new, 1))
+
+
 def _lint(path):
     return CliRunner().invoke(cli, ["rules", "lint", str(path)])
 
@@ -56,9 +63,7 @@ BREAKAGES = [
 @pytest.mark.parametrize("fname,old,new,line,message", BREAKAGES, ids=[b[4][:30] for b in BREAKAGES])
 def test_lint_reports_file_line_and_reason(rules_copy, fname, old, new, line, message):
     path = rules_copy / fname
-    text = path.read_text()
-    assert old in text, f"test setup: '{old}' not in {fname}"
-    path.write_text(text.replace(old, new, 1))
+    _edit(path, old, new)
     result = _lint(rules_copy)
     assert result.exit_code == 1
     hits = [ln for ln in result.output.splitlines() if ln.startswith(f"{path}:{line}:") and message in ln]
@@ -95,10 +100,8 @@ def test_lint_of_a_missing_directory(tmp_path):
 
 def test_none_inside_or_is_reported(rules_copy):
     path = rules_copy / "anticoagulant.yaml"
-    text = path.read_text()
-    old = "where: {vs: {any: [anticoagulants, p2y12-inhibitors], none: [heparin-flush]}}"
-    assert old in text
-    path.write_text(text.replace(old, "where: {or: [{vs: {none: [anticoagulants]}}, {status: active}]}", 1))
+    _edit(path, "where: {vs: {any: [anticoagulants, p2y12-inhibitors], none: [heparin-flush]}}",
+          "where: {or: [{vs: {none: [anticoagulants]}}, {status: active}]}")
     result = _lint(rules_copy)
     assert result.exit_code == 1
     assert f"{path}:18:" in result.output and "'none' cannot be used inside 'or'" in result.output
@@ -107,14 +110,11 @@ def test_none_inside_or_is_reported(rules_copy):
 def test_lint_reports_every_error_of_every_file(rules_copy):
     """Schema errors do not hide the other errors of the same file; every file is reported."""
     bleeding = rules_copy / "bleeding-disorder.yaml"
-    text = bleeding.read_text()
     for old, new in [("indicator: critical", "indicator: severe"),                                       # schema
                      ("{vs: {any: [bleeding-disorders], none: [thrombocytopenia]}}",
                       "{vs: {any: [bleeding-disorderz], none: [thrombocytopenia]}}"),                      # value set
                      ("value: {gt: {param: inr_max}}", "value: {gt: {param: inr_maximum}}")]:            # param
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    bleeding.write_text(text)
+        _edit(bleeding, old, new)
     anticoagulant = rules_copy / "anticoagulant.yaml"
     anticoagulant.write_text(anticoagulant.read_text().replace("vs: {any: [anticoagulants, p2y12-inhibitors]}",
                                                                "vs: {any: [anticoagulantz]}, colour: red"))
@@ -151,10 +151,7 @@ def test_rulebook_issues_are_data(rules_copy):
 
 def test_lint_refuses_a_coded_unit_no_table_converts(rules_copy):
     path = rules_copy / "records.yaml"
-    text = path.read_text()
-    old = '"258773002": mL'
-    assert old in text
-    path.write_text(text.replace(old, '"258773002": millilitres-per-vial', 1))
+    _edit(path, '"258773002": mL', '"258773002": millilitres-per-vial')
     line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if '"258773002"' in ln)
     result = _lint(rules_copy)
     assert result.exit_code == 1
@@ -169,10 +166,7 @@ def test_lint_refuses_a_coded_unit_no_table_converts(rules_copy):
 ])
 def test_lint_checks_a_value_set_unit_conversion(rules_copy, new, message):
     path = rules_copy / "records.yaml"
-    text = path.read_text()
-    old = '"mmol/mol": {factor: 0.09148, offset: 2.152}'
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
+    _edit(path, '"mmol/mol": {factor: 0.09148, offset: 2.152}', new)
     result = _lint(rules_copy)
     assert result.exit_code == 1
     assert message in result.output, result.output
