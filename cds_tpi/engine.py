@@ -2,7 +2,7 @@
 
 One Host per process, every call under one lock (durable-rules is not thread-safe), a fresh
 session id per evaluation whose state is deleted in `finally` (live sessions leak ~224 KiB each
-and the engine dies after 1,024 of them). durable runs no Python action of ours: `Engine._fire`
+and the engine dies after 1,024 of them). durable runs no Python action of ours: `Engine._assert`
 asserts the facts and takes each firing from durable's C engine itself (see there why), so no
 exception of ours can be swallowed into durable's session state.
 

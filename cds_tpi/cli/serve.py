@@ -78,7 +78,8 @@ def serve(host, port, workers, config_file, database_url, allow_unauthenticated,
         except OSError as e:
             raise click.ClickException(f"cannot create the database directory {db_file.parent}: {e.strerror or e}") from e
     # Bind first, here: uvicorn would run the app's start-up (and log "service ready") before it
-    # found the port taken. The bound socket is handed to uvicorn and shared by its workers.
+    # found the port taken. The bound socket is handed to uvicorn: with several workers on Linux each
+    # binds one of its own beside it (WorkerListener), else they share it.
     per_worker = config.workers > 1 and hasattr(socket, "SO_REUSEPORT")
     sock = bind_socket(config.host, config.port, reuse_port=per_worker)
     # Create the schema once here, so that several workers do not race to create it, and refuse to
@@ -152,6 +153,7 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
 
 
 def _bind(family: int, host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A socket bound to host:port (SO_REUSEADDR; SO_REUSEPORT too when asked), or PortUnavailable."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
@@ -192,17 +194,9 @@ class WorkerListener:
         self.address = bound.getsockname()[:2]  # the port the parent bound (an ephemeral --port 0 too)
 
     def __reduce__(self):
-        return _listen_in_worker, (self.family, self.address)
-
-
-def _listen_in_worker(family: int, address: tuple) -> socket.socket:
-    """In a worker: a socket of its own, bound with SO_REUSEPORT to the parent's address (see WorkerListener);
-    uvicorn makes it listen."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
+        # unpickled in the worker: a socket of its own, bound with SO_REUSEPORT to the parent's address
+        # (uvicorn makes it listen)
+        return _bind, (self.family, *self.address, True)
 
 
 def _first_line(e: Exception) -> str:
