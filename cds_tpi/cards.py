@@ -121,18 +121,18 @@ def _action(spec: dict, c: dict, drafts: dict[str, dict]) -> dict | None:
             # says it replaces must not be offered at all: accepting "Replace lidocaine with saline"
             # would add the saline and leave the lidocaine (audit 4: drafts with no id).
             raise _CannotDelete(rid)
-        return {"type": kind, "description": templates.render(spec["description"], c, "text"), "resourceId": rid}
-    if kind == "create":
+        what = {"resourceId": rid}
+    elif kind == "create":
         # (a template whose value is unknown - e.g. no valid Patient, so no subject - renders empty)
-        return {"type": kind, "description": templates.render(spec["description"], c, "text"),
-                "resource": _without_empty(spec["resource"], lambda source: templates.render(source, c, "raw"))}
-    # update: the draft with a note added
-    target = drafts.get(templates.render(spec["target"], c, "raw"))
-    if target is None:
-        return None
-    resource = _without_empty(target)  # a copy: every dict and list is new, the values are immutable JSON
-    resource["note"] = list(resource.get("note") or []) + [{"text": templates.render(spec["note"], c, "text")}]
-    return {"type": kind, "description": templates.render(spec["description"], c, "text"), "resource": resource}
+        what = {"resource": _without_empty(spec["resource"], lambda source: templates.render(source, c, "raw"))}
+    else:  # update: the draft with a note added
+        target = drafts.get(templates.render(spec["target"], c, "raw"))
+        if target is None:
+            return None
+        resource = _without_empty(target)  # a copy: every dict and list is new, the values are immutable JSON
+        resource["note"] = list(resource.get("note") or []) + [{"text": templates.render(spec["note"], c, "text")}]
+        what = {"resource": resource}
+    return {"type": kind, "description": templates.render(spec["description"], c, "text"), **what}
 
 
 def card_for(f: Finding, drafts: dict[str, dict], patient: dict | None = None, uuids=None) -> dict:
