@@ -28,7 +28,7 @@ from .errors import InputError
 from .ruleset import RuleBook, load_rulebook
 from .engine import Match
 from .ruleset.compile import compile_rules, engine_view, prefilter
-from .terminology import _memoised
+from .terminology import Memo
 
 # Resource types the facts stage reads; anything else in a record is ignored (not validated).
 READ_TYPES = frozenset({
@@ -97,7 +97,8 @@ class Evaluator:
         # Likewise, records of a type every pattern of which needs a value set are not built into facts
         # when no value set knows them (a hypertension problem, an ACE inhibitor): counted, not built.
         self._need_vs = frozenset(t for t, need in shared.items() if need.get("vs") == "non-empty")
-        self._lab_sets_memo: dict[bytes, frozenset] = {}  # JSON of an Observation's code -> its value sets
+        # JSON of an Observation's code and components -> its value sets
+        self._lab_sets_memo = Memo(lambda key: self._lab_sets_of(*orjson.loads(key)))
 
     @classmethod
     def load(cls, rules_dir: Path | str | None = None, fhir_version: str = "R4") -> "Evaluator":
@@ -158,10 +159,7 @@ class Evaluator:
             key = None
         if key is None or len(key) > _MEMO_KEY_MAX:
             return self._lab_sets_of(code, components)
-        hit = self._lab_sets_memo.get(key)  # a hit (nearly every call) makes no closure: 52 per benchmark evaluation
-        if hit is None:
-            hit = _memoised(self._lab_sets_memo, key, lambda: self._lab_sets_of(code, components))
-        return hit
+        return self._lab_sets_memo[key]
 
     def _lab_sets_of(self, code, components) -> frozenset:
         term, policy = self.book.terminology, self.book.records
